@@ -1,0 +1,120 @@
+//! How a log is opened: segment limits, durability, the IO backend and what recovery does
+//! with corruption. Every field has a default that suits a production service.
+
+use crate::{Error, Result, io::SimDisk, record};
+
+/// When an append is acknowledged relative to the data reaching stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledge once the record is written to the page cache. A killed process loses
+    /// nothing; a lost machine may lose the records since the last sync (segments are
+    /// synced when they roll and when the log closes).
+    None,
+    /// Acknowledge on write, and `fdatasync` in the background every `interval_ms` or after
+    /// `bytes` unsynced bytes, whichever comes first.
+    Interval {
+        /// Longest time between syncs while there are unsynced records.
+        interval_ms: u64,
+        /// Sync once this many bytes are unsynced.
+        bytes: u64,
+    },
+    /// Acknowledge only after an `fdatasync` that covers the record. Syncs are group
+    /// commits, pipelined with writes: the appender keeps writing while a sync runs.
+    Always,
+}
+
+/// Which IO backend performs appends.
+#[derive(Clone, Debug, Default)]
+pub enum Backend {
+    /// io_uring where the kernel allows it, otherwise `pwrite` (the reason is logged).
+    #[default]
+    Auto,
+    /// io_uring; opening fails if the kernel does not allow it.
+    IoUring,
+    /// Plain `pwrite(2)`.
+    Pwrite,
+    /// An in-memory disk that keeps written and durable bytes apart, for tests.
+    Simulated(SimDisk),
+}
+
+/// What recovery does when it finds corruption inside a sealed (non-active) segment.
+/// A torn or corrupt tail of the active segment is always cut off: it holds the records
+/// that were being written when the process stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnCorruption {
+    /// Refuse to open, naming the file and byte position (the default: an operator decides).
+    #[default]
+    Fail,
+    /// Cut the log at the first corrupt record: it and every later record are dropped.
+    Truncate,
+}
+
+/// Everything needed to open a log.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Largest store file of a segment, header included. At most `u32::MAX`.
+    pub store_bytes_max: u64,
+    /// Largest index file of a segment, header included; the segment rolls when the next
+    /// entry would not fit.
+    pub index_bytes_max: u64,
+    /// Offset of the first record of a new, empty log.
+    pub initial_offset: u64,
+    /// Largest value accepted in one record.
+    pub record_bytes_max: u32,
+    /// When appends are acknowledged.
+    pub durability: Durability,
+    /// The append backend.
+    pub backend: Backend,
+    /// What recovery does with corruption inside sealed segments.
+    pub on_corruption: OnCorruption,
+    /// Verify every record of every segment on open, not just the active segment and the
+    /// last record of each sealed one. Slower to open; finds corruption before reads do.
+    pub verify_on_open: bool,
+    /// Upper bound on the bytes one group commit writes.
+    pub batch_bytes_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            store_bytes_max: 1 << 30,
+            index_bytes_max: 10 << 20,
+            initial_offset: 0,
+            record_bytes_max: 1 << 20,
+            durability: Durability::None,
+            backend: Backend::Auto,
+            on_corruption: OnCorruption::Fail,
+            verify_on_open: false,
+            batch_bytes_max: 4 << 20,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<()> {
+        use crate::{index, store};
+        let fail = |why: String| Err(Error::InvalidConfig(why));
+        if self.store_bytes_max > u64::from(u32::MAX) {
+            return fail(format!("store_bytes_max {} exceeds {}", self.store_bytes_max, u32::MAX));
+        }
+        let largest = store::HEADER_LEN as u64 + record::frame_len(self.record_bytes_max as usize) as u64;
+        if self.store_bytes_max < largest {
+            return fail(format!(
+                "store_bytes_max {} cannot hold one record of record_bytes_max {} ({largest} bytes with headers)",
+                self.store_bytes_max, self.record_bytes_max
+            ));
+        }
+        if index::capacity(self.index_bytes_max) == 0 {
+            return fail(format!("index_bytes_max {} cannot hold one index entry", self.index_bytes_max));
+        }
+        if let Durability::Interval { interval_ms, bytes } = self.durability {
+            if interval_ms == 0 || bytes == 0 {
+                return fail("durability interval needs interval_ms > 0 and bytes > 0".into());
+            }
+        }
+        if self.batch_bytes_max == 0 {
+            return fail("batch_bytes_max must be > 0".into());
+        }
+        Ok(())
+    }
+}

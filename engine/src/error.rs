@@ -1,0 +1,105 @@
+//! The engine's one error type.
+//!
+//! Corruption names the file and byte position where it starts; IO failures say what the
+//! engine was doing. A failed write or sync poisons the log (see [`Error::Poisoned`]).
+
+use std::{io, path::PathBuf, sync::Arc};
+
+/// Result with the engine's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The offset has not been written yet (it is at or past the log's next offset).
+    #[error("offset out of range: {offset} (the next offset to be written is {next})")]
+    OffsetNotWritten {
+        /// The offset asked for.
+        offset: u64,
+        /// The offset the next append will get.
+        next: u64,
+    },
+    /// The offset was dropped by retention (it is below the lowest retained offset).
+    #[error("offset out of range: {offset} (the lowest retained offset is {lowest})")]
+    OffsetBelowLowest {
+        /// The offset asked for.
+        offset: u64,
+        /// The lowest offset still in the log.
+        lowest: u64,
+    },
+    /// A record is larger than the configured limit.
+    #[error("record of {len} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge {
+        /// Length of the value.
+        len: usize,
+        /// The configured `record_bytes_max`.
+        max: u32,
+    },
+    /// A batch append was given no records.
+    #[error("a batch must hold at least one record")]
+    EmptyBatch,
+    /// Bytes on disk are not what the log wrote.
+    #[error("corrupt {}: at byte {position}: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Byte position in the file where the corruption starts.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The disk is full. Nothing of the failed append was kept; appends resume once space is
+    /// freed.
+    #[error("disk full while appending to {}: {source}", path.display())]
+    DiskFull {
+        /// The store file being appended to.
+        path: PathBuf,
+        /// The error from the operating system.
+        source: io::Error,
+    },
+    /// An IO operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the engine was doing, with the file.
+        context: String,
+        /// The error from the operating system.
+        source: io::Error,
+    },
+    /// An earlier write or sync failed, so what is on disk is unknown: every append fails
+    /// until the log is reopened (which recovers from what the disk really holds).
+    #[error("log is poisoned by an earlier failure ({0}); reopen it to recover")]
+    Poisoned(Arc<str>),
+    /// The log was closed.
+    #[error("log is closed")]
+    Closed,
+    /// The configuration cannot work.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, position: u64, reason: impl ToString) -> Self {
+        Error::Corrupt { path: path.into(), position, reason: reason.to_string() }
+    }
+
+    /// Whether the error means the offset is outside the log (below or past its ends).
+    pub fn is_out_of_range(&self) -> bool {
+        matches!(self, Error::OffsetNotWritten { .. } | Error::OffsetBelowLowest { .. })
+    }
+}
+
+/// Adds "what was being done" to IO results.
+pub(crate) trait IoContext<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::io(what(), source))
+    }
+}

@@ -1,0 +1,66 @@
+//! The IO seam: the one place where the log meets bytes on a disk.
+//!
+//! A [`Disk`] opens, lists and removes files in the log's directory; a [`DiskFile`] reads,
+//! appends and syncs one file. Writes take an owned buffer and give it back, so a backend
+//! that hands the buffer to the kernel (io_uring) stays sound while the kernel holds it,
+//! and the appender reuses its buffer without reallocating.
+//!
+//! Backends: [`pwrite`](pwrite) (portable), [`uring`](uring) (io_uring, probed at open)
+//! and [`sim`](sim) (in memory, for crash and fault tests). Reads always use `pread` on
+//! real files: they run on callers' threads and never queue behind the appender.
+
+pub(crate) mod pwrite;
+pub(crate) mod sim;
+#[cfg(target_os = "linux")]
+pub(crate) mod uring;
+
+use std::{fmt, fs::File, io, path::Path, sync::Arc};
+
+pub use sim::{SimDisk, SimFault};
+
+/// A directory of files, as the log sees it.
+pub(crate) trait Disk: Send + Sync + fmt::Debug {
+    /// Short name of the backend, for logs and metrics.
+    fn name(&self) -> &'static str;
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the files in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens a file for reading and writing; creates it (empty) when `create` is set.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes creations and removals in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// One open file.
+pub(crate) trait DiskFile: Send + Sync {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `pos` and returns the buffer.
+    fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (Vec<u8>, io::Result<()>);
+    /// `fdatasync`: the file's data, and its size, reach stable storage.
+    fn sync_data(&self) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The real file, when there is one, so the index can be memory-mapped.
+    fn std_file(&self) -> Option<&File>;
+}
+
+/// Opens a real file for reading and writing.
+fn open_std(path: &Path, create: bool) -> io::Result<File> {
+    std::fs::OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)
+}
+
+fn list_std(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(names)
+}
+
+fn sync_dir_std(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

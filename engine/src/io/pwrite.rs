@@ -1,0 +1,55 @@
+//! The portable backend: `pwrite(2)` for appends, `fdatasync(2)` for syncs.
+
+use std::{fs::File, io, os::unix::fs::FileExt, path::Path, sync::Arc};
+
+use super::{Disk, DiskFile};
+
+/// Real files written with `pwrite`.
+#[derive(Debug, Default)]
+pub(crate) struct PwriteDisk;
+
+impl Disk for PwriteDisk {
+    fn name(&self) -> &'static str {
+        "pwrite"
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        super::list_std(dir)
+    }
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>> {
+        Ok(Arc::new(PwriteFile(super::open_std(path, create)?)))
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        super::sync_dir_std(dir)
+    }
+}
+
+/// A real file; also the read side of every real backend.
+pub(crate) struct PwriteFile(pub(crate) File);
+
+impl DiskFile for PwriteFile {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        self.0.read_exact_at(buf, pos)
+    }
+    fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (Vec<u8>, io::Result<()>) {
+        let result = self.0.write_all_at(&buf, pos);
+        (buf, result)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn std_file(&self) -> Option<&File> {
+        Some(&self.0)
+    }
+}

@@ -1,0 +1,331 @@
+//! Recovery on open: turn whatever the directory holds into a valid, writable log.
+//!
+//! 1. List the directory. Files named like segments (`<20 digits>.store|.index`) are
+//!    grouped by base offset; a name with a segment extension but a malformed base is an
+//!    error; other files are ignored with a warning. An index without a store is removed.
+//! 2. Check each store header (magic, version, CRC, base offset = file name) and that the
+//!    segments are contiguous: each base is the previous segment's next offset.
+//! 3. Trust an index entry only if its relative offset counts up from zero and its
+//!    position increases and lies inside the store (a zero-filled tail fails at once). In
+//!    a sealed segment, the last trusted entry's frame is also decoded; the store is then
+//!    scanned from the end of the trusted prefix. The active (last) segment is always
+//!    scanned from its first frame, and so is every segment with `verify_on_open`.
+//! 4. Scanning decodes frames (length bound, CRC, expected offset) and rebuilds missing
+//!    index entries. The first bad frame ends the segment's valid prefix:
+//!    - in the active segment it is a torn or corrupt tail, cut off with a warning;
+//!    - in a sealed segment it is corruption: with `OnCorruption::Fail` opening fails,
+//!      naming the file and byte position; with `OnCorruption::Truncate` the log is cut
+//!      there and every later segment is removed.
+//! 5. A log with no segments gets an empty one at `initial_offset`.
+
+use std::{path::Path, sync::Arc};
+
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, OnCorruption},
+    error::{Error, IoContext, Result},
+    index::{self, Index},
+    io::{Disk, DiskFile},
+    record,
+    segment::{self, INDEX_EXT, STORE_EXT, Segment},
+    store::{self, Store},
+};
+
+/// What recovery found and changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments in the log after recovery.
+    pub segments: usize,
+    /// Index files rebuilt wholly or partly from their stores.
+    pub indexes_rebuilt: usize,
+    /// Stores cut at the first invalid frame: the file, the byte position, and why.
+    pub truncated: Vec<(std::path::PathBuf, u64, String)>,
+    /// Segments removed because they followed a cut (with `OnCorruption::Truncate`).
+    pub segments_removed: usize,
+}
+
+/// Bytes read from a store at a time while scanning.
+const SCAN_CHUNK: usize = 1 << 20;
+
+pub(crate) fn recover(
+    disk: &dyn Disk,
+    dir: &Path,
+    config: &Config,
+) -> Result<(Vec<Arc<Segment>>, RecoveryReport)> {
+    disk.create_dir_all(dir).context(|| format!("creating data directory {}", dir.display()))?;
+    let bases = list_segments(disk, dir)?;
+    let capacity = index::capacity(config.index_bytes_max);
+    let mut report = RecoveryReport::default();
+    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
+
+    for (i, &base) in bases.iter().enumerate() {
+        let is_last = i + 1 == bases.len();
+        let store_path = segment::file_path(dir, base, STORE_EXT);
+        let outcome =
+            recover_segment(disk, dir, base, is_last, capacity, config, &mut report).and_then(|segment| {
+                match segments.last() {
+                    Some(previous) if previous.next_offset() != base => Err(Error::corrupt(
+                        &store_path,
+                        0,
+                        format!(
+                            "segment starts at offset {base}, but the previous one ends before {}",
+                            previous.next_offset()
+                        ),
+                    )),
+                    _ => Ok(segment),
+                }
+            });
+        match outcome {
+            Ok((segment, cut)) => {
+                segments.push(Arc::new(segment));
+                if cut && !is_last {
+                    report.segments_removed += remove_after(disk, dir, &bases[i + 1..])?;
+                    break;
+                }
+            }
+            Err(error @ Error::Corrupt { .. }) if config.on_corruption == OnCorruption::Truncate => {
+                warn!(%error, "dropping this segment and every later one");
+                report.segments_removed += remove_after(disk, dir, &bases[i..])?;
+                break;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+
+    if segments.is_empty() {
+        let base = config.initial_offset;
+        segments.push(Arc::new(Segment::create(disk, dir, base, capacity)?));
+    }
+    report.segments = segments.len();
+    info!(
+        dir = %dir.display(),
+        segments = report.segments,
+        lowest = segments[0].base(),
+        next = segments.last().map(|s| s.next_offset()),
+        indexes_rebuilt = report.indexes_rebuilt,
+        cuts = report.truncated.len(),
+        "recovered log"
+    );
+    Ok((segments, report))
+}
+
+/// Base offsets of the segments in `dir`, in order.
+fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<u64>> {
+    let names = disk.list(dir).context(|| format!("listing data directory {}", dir.display()))?;
+    let mut stores = std::collections::BTreeSet::new();
+    let mut indexes = Vec::new();
+    for name in &names {
+        match segment::parse_file_name(name) {
+            None => warn!(file = %dir.join(name).display(), "ignoring a file that is not part of the log"),
+            Some(Err(())) => {
+                return Err(Error::corrupt(
+                    dir.join(name),
+                    0,
+                    "a segment file name must be a 20-digit base offset: remove or rename the file",
+                ));
+            }
+            Some(Ok((base, STORE_EXT))) => {
+                stores.insert(base);
+            }
+            Some(Ok((base, _))) => indexes.push(base),
+        }
+    }
+    for base in indexes.into_iter().filter(|base| !stores.contains(base)) {
+        let path = segment::file_path(dir, base, INDEX_EXT);
+        warn!(file = %path.display(), "removing an index whose store is missing");
+        disk.remove(&path).context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(stores.into_iter().collect())
+}
+
+fn remove_after(disk: &dyn Disk, dir: &Path, bases: &[u64]) -> Result<usize> {
+    for &base in bases {
+        for ext in [STORE_EXT, INDEX_EXT] {
+            let path = segment::file_path(dir, base, ext);
+            match disk.remove(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(format!("removing {}", path.display()), e));
+                }
+                _ => {}
+            }
+        }
+    }
+    disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
+    Ok(bases.len())
+}
+
+/// Recovers one segment; the flag says whether its store was cut.
+fn recover_segment(
+    disk: &dyn Disk,
+    dir: &Path,
+    base: u64,
+    is_last: bool,
+    capacity: u32,
+    config: &Config,
+    report: &mut RecoveryReport,
+) -> Result<(Segment, bool)> {
+    let store_path = segment::file_path(dir, base, STORE_EXT);
+    let index_path = segment::file_path(dir, base, INDEX_EXT);
+    let store_file = disk.open(&store_path, false).context(|| format!("opening {}", store_path.display()))?;
+    let store_len = store_file.len().context(|| format!("opening {}", store_path.display()))?;
+    if is_last && store_len < store::HEADER_LEN as u64 {
+        // Torn while the segment was being created: nothing was ever acknowledged in it.
+        warn!(file = %store_path.display(), "recreating a segment whose header was torn");
+        report.truncated.push((store_path.clone(), 0, "torn file header".into()));
+        let _ = disk.remove(&index_path);
+        return Ok((Segment::create(disk, dir, base, capacity)?, true));
+    }
+    let store = Store::open(store_file, &store_path, base)?;
+
+    let index_file = disk.open(&index_path, true).context(|| format!("opening {}", index_path.display()))?;
+    // A sealed index is mapped at the size it has: it will not grow again.
+    let open_capacity = if is_last { capacity } else { 0 };
+    let (index, on_disk) = match Index::open(Arc::clone(&index_file), &index_path, base, open_capacity)? {
+        Some(index) => {
+            let valid = index.valid_prefix(store_len);
+            (index, Some(valid))
+        }
+        None => {
+            warn!(file = %index_path.display(), "rebuilding an index with a missing or invalid header");
+            (Index::create(index_file, &index_path, base, capacity)?, None)
+        }
+    };
+    let trusted = if is_last || config.verify_on_open { 0 } else { on_disk.unwrap_or(0) };
+    let mut positions: Vec<u32> = (0..trusted).map(|i| index.raw(i).1).collect();
+    // The last trusted entry must point at the frame of the offset it claims.
+    let mut scan_from = store::HEADER_LEN as u64;
+    if let Some(&last) = positions.last() {
+        let expected = base + positions.len() as u64 - 1;
+        match frame_at(store.file().as_ref(), u64::from(last), store_len) {
+            Ok(header) if header.offset == expected => {
+                scan_from = u64::from(last) + header.frame_len() as u64
+            }
+            _ => positions.clear(),
+        }
+    }
+    let next = base + positions.len() as u64;
+    let scan = scan(store.file().as_ref(), &store_path, scan_from, store_len, next, &mut positions)?;
+    let cut = scan.end < store_len;
+    if cut {
+        let reason = scan.stop_reason.unwrap_or_else(|| "invalid frame".into());
+        if !is_last && config.on_corruption == OnCorruption::Fail {
+            return Err(Error::corrupt(&store_path, scan.end, reason));
+        }
+        warn!(file = %store_path.display(), position = scan.end, %reason, "cutting the store at its last valid record");
+        store.truncate(scan.end)?;
+        report.truncated.push((store_path.clone(), scan.end, reason));
+    } else {
+        store.set_size(store_len);
+    }
+
+    let entries = u32::try_from(positions.len()).expect("positions are u32 and increasing");
+    let index = if entries > index.capacity() {
+        // More records than the configured index holds (its limit shrank): size it to fit.
+        let file = disk.open(&index_path, true).context(|| format!("opening {}", index_path.display()))?;
+        Index::create(file, &index_path, base, entries)?
+    } else {
+        index
+    };
+    index.rebuild(&positions);
+    if on_disk != Some(entries) {
+        report.indexes_rebuilt += 1;
+    }
+    if !is_last && (on_disk != Some(entries) || !index.is_trimmed()?) {
+        index.trim()?;
+    }
+    Ok((Segment::new(base, store, index), cut))
+}
+
+/// Decodes the header of the frame at `position`, verifying the whole frame.
+fn frame_at(file: &dyn DiskFile, position: u64, store_len: u64) -> Result<record::FrameHeader, String> {
+    let mut head = [0u8; record::HEADER_LEN];
+    if position + record::HEADER_LEN as u64 > store_len || file.read_exact_at(&mut head, position).is_err() {
+        return Err("torn frame header".into());
+    }
+    let value_len = u64::from(u32::from_le_bytes(head[..4].try_into().expect("4 bytes")));
+    let frame_len = record::HEADER_LEN as u64 + value_len;
+    if position + frame_len > store_len {
+        return Err(format!("frame of {frame_len} bytes runs past the end of the store"));
+    }
+    let mut frame = vec![0u8; frame_len as usize];
+    file.read_exact_at(&mut frame, position).map_err(|e| e.to_string())?;
+    record::decode_header(&frame, value_len as u32).map_err(|e| e.to_string())
+}
+
+struct Scan {
+    /// Position just past the last valid frame.
+    end: u64,
+    /// Why scanning stopped before the end of the store.
+    stop_reason: Option<String>,
+}
+
+/// Decodes frames from `from` to `store_len`, pushing each valid frame's position, and
+/// stops at the first frame that is torn, corrupt or out of sequence.
+fn scan(
+    file: &dyn DiskFile,
+    path: &Path,
+    from: u64,
+    store_len: u64,
+    mut expected: u64,
+    positions: &mut Vec<u32>,
+) -> Result<Scan> {
+    let mut window = Window { file, path, store_len, start: from, bytes: Vec::new() };
+    let mut position = from;
+    let stop = |end: u64, reason: String| Ok(Scan { end, stop_reason: Some(reason) });
+    while position < store_len {
+        let remaining = store_len - position;
+        if remaining < record::HEADER_LEN as u64 {
+            return stop(position, format!("torn frame header: {remaining} bytes left"));
+        }
+        let head = window.get(position, record::HEADER_LEN)?;
+        let value_len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+        let frame_len = record::frame_len(value_len as usize) as u64;
+        if frame_len > remaining {
+            return stop(
+                position,
+                format!("frame of {frame_len} bytes runs past the end ({remaining} bytes left)"),
+            );
+        }
+        let frame = window.get(position, frame_len as usize)?;
+        let header = match record::decode_header(frame, value_len) {
+            Ok(header) => header,
+            Err(error) => return stop(position, error.to_string()),
+        };
+        if header.offset != expected {
+            return stop(
+                position,
+                format!("frame holds offset {} where offset {expected} belongs", header.offset),
+            );
+        }
+        positions.push(u32::try_from(position).expect("store_bytes_max fits u32"));
+        position += frame_len;
+        expected += 1;
+    }
+    Ok(Scan { end: position, stop_reason: None })
+}
+
+/// A read-ahead window over a store, so scanning costs one `pread` per megabyte.
+struct Window<'a> {
+    file: &'a dyn DiskFile,
+    path: &'a Path,
+    store_len: u64,
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl Window<'_> {
+    fn get(&mut self, position: u64, len: usize) -> Result<&[u8]> {
+        let end = self.start + self.bytes.len() as u64;
+        if position < self.start || position + len as u64 > end {
+            let read = (SCAN_CHUNK.max(len) as u64).min(self.store_len - position) as usize;
+            self.bytes.resize(read, 0);
+            self.file
+                .read_exact_at(&mut self.bytes, position)
+                .context(|| format!("scanning {} at byte {position}", self.path.display()))?;
+            self.start = position;
+        }
+        let at = (position - self.start) as usize;
+        Ok(&self.bytes[at..at + len])
+    }
+}

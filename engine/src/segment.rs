@@ -1,0 +1,148 @@
+//! A segment: one store file and its index, holding the contiguous offsets from its base.
+//! Both files are named by the base offset, zero-padded to 20 digits, so a directory
+//! listing sorts them in log order: `00000000000000000042.store`, `...42.index`.
+//!
+//! Readers share a segment through an `Arc`; removing a segment unlinks its files, and
+//! readers still holding it keep reading through their open handles.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use crate::{
+    error::{Error, Result},
+    index::Index,
+    io::Disk,
+    record::{self, Record},
+    store::Store,
+};
+
+pub(crate) const STORE_EXT: &str = "store";
+pub(crate) const INDEX_EXT: &str = "index";
+
+/// The path of a segment file.
+pub(crate) fn file_path(dir: &Path, base_offset: u64, ext: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{ext}"))
+}
+
+/// Parses a segment file name into its base offset and extension.
+pub(crate) fn parse_file_name(name: &str) -> Option<Result<(u64, &str), ()>> {
+    let (stem, ext) = name.rsplit_once('.')?;
+    if ext != STORE_EXT && ext != INDEX_EXT {
+        return None;
+    }
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Err(()));
+    }
+    Some(stem.parse().map(|base| (base, ext)).map_err(|_| ()))
+}
+
+pub(crate) struct Segment {
+    base: u64,
+    pub(crate) store: Store,
+    pub(crate) index: Index,
+}
+
+impl Segment {
+    pub(crate) fn new(base: u64, store: Store, index: Index) -> Segment {
+        Segment { base, store, index }
+    }
+
+    /// Creates the files of a new, empty segment.
+    pub(crate) fn create(disk: &dyn Disk, dir: &Path, base: u64, index_capacity: u32) -> Result<Segment> {
+        use crate::error::IoContext;
+        let store_path = file_path(dir, base, STORE_EXT);
+        let index_path = file_path(dir, base, INDEX_EXT);
+        let store_file =
+            disk.open(&store_path, true).context(|| format!("creating {}", store_path.display()))?;
+        let store = Store::create(store_file, &store_path, base)?;
+        let index_file =
+            disk.open(&index_path, true).context(|| format!("creating {}", index_path.display()))?;
+        let index = Index::create(index_file, &index_path, base, index_capacity)?;
+        disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
+        Ok(Segment { base, store, index })
+    }
+
+    pub(crate) fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// One past the last published offset.
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.base + u64::from(self.index.len())
+    }
+
+    /// Store bytes in use by published records (header included).
+    pub(crate) fn size(&self) -> u64 {
+        self.store.size()
+    }
+
+    /// Reads published records from `offset` on: at most `max_records`, and no more than
+    /// `max_bytes` of frames except that the first record is always returned. Stops at the
+    /// end of this segment. One `pread` covers all of them.
+    pub(crate) fn read(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
+        let published = self.index.len();
+        let first = u32::try_from(offset - self.base).expect("offset within the segment");
+        assert!(first < published, "read of unpublished offset {offset}");
+        let start = self.index.position(first).expect("published entry");
+        // Find how many frames fit, using the index for frame boundaries.
+        let mut count = 0u32;
+        let mut end = u64::from(start);
+        while count < published - first && (count as usize) < max_records.max(1) {
+            let next = self.frame_end(first + count, published);
+            if count > 0 && (next - u64::from(start)) as usize > max_bytes {
+                break;
+            }
+            end = next;
+            count += 1;
+        }
+        let bytes = self.store.read(u64::from(start), (end - u64::from(start)) as usize)?;
+        let mut records = Vec::with_capacity(count as usize);
+        let mut at = 0usize;
+        for i in 0..count {
+            let expected = offset + u64::from(i);
+            let frame = bytes.slice(at..);
+            let position = u64::from(start) + at as u64;
+            let (record, len) =
+                record::decode(&frame, (frame.len().saturating_sub(record::HEADER_LEN)) as u32)
+                    .map_err(|e| Error::corrupt(self.store.path(), position, e))?;
+            if record.offset != expected {
+                return Err(Error::corrupt(
+                    self.store.path(),
+                    position,
+                    format!("frame holds offset {} where the index puts offset {expected}", record.offset),
+                ));
+            }
+            at += len;
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Store position just past the frame of entry `relative`.
+    fn frame_end(&self, relative: u32, published: u32) -> u64 {
+        match self.index.position(relative + 1) {
+            Some(next) if relative + 1 < published => u64::from(next),
+            _ => self.store.size(),
+        }
+    }
+
+    /// Unlinks the segment's files; open handles keep working until dropped.
+    pub(crate) fn remove(&self, disk: &dyn Disk) -> Result<()> {
+        use crate::error::IoContext;
+        for path in [self.store.path(), self.index.path()] {
+            disk.remove(path).context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Segments in offset order, shared with readers.
+pub(crate) type SegmentList = Vec<Arc<Segment>>;
+
+/// The segment that holds `offset`, if any.
+pub(crate) fn find(segments: &[Arc<Segment>], offset: u64) -> Option<&Arc<Segment>> {
+    let i = segments.partition_point(|s| s.base() <= offset);
+    i.checked_sub(1).map(|i| &segments[i])
+}

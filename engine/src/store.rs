@@ -1,0 +1,87 @@
+//! The store file of one segment: a file header followed by record frames, back to back.
+//!
+//! The appender is the only writer. `size` is the published length: every byte below it
+//! holds complete frames that readers may read; bytes past it are in flight or a torn tail.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::{
+    error::{Error, IoContext, Result},
+    header::{self, FileKind},
+    io::DiskFile,
+};
+
+/// Bytes before the first frame of a store file.
+pub(crate) const HEADER_LEN: usize = header::LEN;
+
+pub(crate) struct Store {
+    path: PathBuf,
+    file: Arc<dyn DiskFile>,
+    size: AtomicU64,
+}
+
+impl Store {
+    /// Writes the header of a new, empty store.
+    pub(crate) fn create(file: Arc<dyn DiskFile>, path: &Path, base_offset: u64) -> Result<Store> {
+        let what = || format!("creating store {}", path.display());
+        file.set_len(0).context(what)?;
+        let (_, written) = file.write_all_at(header::encode(FileKind::Store, base_offset).to_vec(), 0);
+        written.context(what)?;
+        Ok(Store { path: path.to_path_buf(), file, size: AtomicU64::new(HEADER_LEN as u64) })
+    }
+
+    /// Opens an existing store after checking its header; `size` is the file's length
+    /// until recovery has checked the frames.
+    pub(crate) fn open(file: Arc<dyn DiskFile>, path: &Path, base_offset: u64) -> Result<Store> {
+        let len = file.len().context(|| format!("opening store {}", path.display()))?;
+        let mut head = vec![0u8; HEADER_LEN.min(len as usize)];
+        file.read_exact_at(&mut head, 0).context(|| format!("reading store header {}", path.display()))?;
+        header::validate(&head, FileKind::Store, base_offset)
+            .map_err(|reason| Error::corrupt(path, 0, reason))?;
+        Ok(Store { path: path.to_path_buf(), file, size: AtomicU64::new(len) })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn file(&self) -> &Arc<dyn DiskFile> {
+        &self.file
+    }
+
+    /// Published length in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Publishes a new length. Only the appender and recovery call this.
+    pub(crate) fn set_size(&self, size: u64) {
+        self.size.store(size, Ordering::Release);
+    }
+
+    /// Reads `len` bytes at `position`.
+    pub(crate) fn read(&self, position: u64, len: usize) -> Result<Bytes> {
+        let mut buf = BytesMut::zeroed(len);
+        self.file
+            .read_exact_at(&mut buf, position)
+            .context(|| format!("reading {len} bytes at byte {position} of {}", self.path.display()))?;
+        Ok(buf.freeze())
+    }
+
+    /// Cuts the file at `len` bytes and makes the cut durable (recovery only).
+    pub(crate) fn truncate(&self, len: u64) -> Result<()> {
+        let what = || format!("truncating store {} to {len} bytes", self.path.display());
+        self.file.set_len(len).context(what)?;
+        self.file.sync_data().context(what)?;
+        self.set_size(len);
+        Ok(())
+    }
+}
