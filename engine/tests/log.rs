@@ -109,16 +109,22 @@ fn segment_rolls_when_the_index_is_full_even_for_sizes_not_a_multiple_of_the_ent
 }
 
 #[test]
-fn batch_appends_get_contiguous_offsets_across_a_roll() {
+fn a_batch_gets_contiguous_offsets_and_never_spans_segments() {
     for f in fixtures(|c| c.store_bytes_max = THREE_HELLOS) {
         let log = f.open();
-        let values: Vec<Bytes> = (0..10).map(|i| value(i, 11)).collect();
-        assert_eq!(log.append_batch(values.clone()).unwrap(), 0);
-        assert_eq!(log.append_batch(vec![value(10, 11)]).unwrap(), 10);
+        log.append(value(0, 11)).unwrap();
+        // Two more fit beside the first record; three do not, so they start a segment.
+        let values: Vec<Bytes> = (1..4).map(|i| value(i, 11)).collect();
+        assert_eq!(log.append_batch(values.clone()).unwrap(), 1);
+        assert_eq!(log.segment_count(), 2, "[{}] the batch rolled the segment first", f.name);
+        assert_eq!(log.read_from(1, 10, usize::MAX).unwrap().len(), 3, "[{}] all in one segment", f.name);
         for (i, v) in values.iter().enumerate() {
-            assert_eq!(&log.read(i as u64).unwrap().value, v, "[{}]", f.name);
+            assert_eq!(&log.read(1 + i as u64).unwrap().value, v, "[{}]", f.name);
         }
-        assert!(log.segment_count() >= 4);
+        let too_big: Vec<Bytes> = (0..4).map(|i| value(i, 11)).collect();
+        let error = log.append_batch(too_big).unwrap_err();
+        assert!(matches!(error, Error::BatchTooLarge { records: 4, bytes: 140, .. }), "[{}] {error}", f.name);
+        assert_eq!(log.next_offset(), 4, "[{}] nothing of it was written", f.name);
     }
 }
 
@@ -140,7 +146,9 @@ fn read_from_respects_record_and_byte_limits_and_segment_ends() {
     for f in fixtures(|c| c.store_bytes_max = 32 + 10 * 34) {
         let log = f.open();
         let values: Vec<Bytes> = (0..25).map(|i| value(i, 10)).collect();
-        log.append_batch(values.clone()).unwrap();
+        for chunk in values.chunks(5) {
+            log.append_batch(chunk.to_vec()).unwrap();
+        }
         let batch = log.read_from(0, 4, usize::MAX).unwrap();
         assert_eq!(batch.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
         let batch = log.read_from(2, 100, usize::MAX).unwrap();
@@ -195,7 +203,10 @@ fn retention_by_bytes_and_age_keeps_the_active_segment() {
         let dropped = log.apply_retention(Retention { max_bytes: Some(full - 1), max_age: None }).unwrap();
         assert_eq!(dropped, 1, "[{}] one segment is enough to get under the limit", f.name);
         assert_eq!(log.lowest_offset(), 3);
-        let none = log.apply_retention(Retention { max_bytes: None, max_age: Some(std::time::Duration::from_secs(3600)) });
+        let none = log.apply_retention(Retention {
+            max_bytes: None,
+            max_age: Some(std::time::Duration::from_secs(3600)),
+        });
         assert_eq!(none.unwrap(), 0, "[{}] nothing is an hour old", f.name);
         let dropped = log.apply_retention(Retention { max_bytes: Some(0), max_age: None }).unwrap();
         assert_eq!(dropped, 2);
@@ -209,7 +220,9 @@ fn reader_is_a_consistent_snapshot_of_every_frame() {
     for f in fixtures(|c| c.store_bytes_max = THREE_HELLOS) {
         let log = f.open();
         let values: Vec<Bytes> = (0..7).map(|i| value(i, 11)).collect();
-        log.append_batch(values.clone()).unwrap();
+        for v in &values {
+            log.append(v.clone()).unwrap();
+        }
         let mut reader = log.reader();
         log.append(&b"after the snapshot"[..]).unwrap();
         log.truncate_before(3).unwrap();
@@ -231,7 +244,9 @@ fn many_threads_append_at_once_with_unique_contiguous_offsets() {
             .map(|t| {
                 let log = log.clone();
                 std::thread::spawn(move || {
-                    (0..500).map(|i| (log.append(value(t * 1000 + i, 50)).unwrap(), t * 1000 + i)).collect::<Vec<_>>()
+                    (0..500)
+                        .map(|i| (log.append(value(t * 1000 + i, 50)).unwrap(), t * 1000 + i))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();

@@ -276,7 +276,11 @@ fn a_gap_between_segments_is_reported() {
         f.remove_file(&store_name(3));
         f.remove_file(&index_name(3));
         let error = Log::open(&f.dir, f.config.clone()).unwrap_err();
-        assert!(matches!(&error, Error::Corrupt { path, .. } if path.ends_with(store_name(6))), "[{}] {error}", f.name);
+        assert!(
+            matches!(&error, Error::Corrupt { path, .. } if path.ends_with(store_name(6))),
+            "[{}] {error}",
+            f.name
+        );
     }
 }
 
