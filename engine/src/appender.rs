@@ -249,18 +249,18 @@ impl Appender {
         self.unsynced_bytes += bytes;
     }
 
-    /// Seals `segment` (synced, index trimmed) and starts the next one.
+    /// Seals `segment` and starts the next one. The order keeps every failure safe: the
+    /// old store is synced first (a sealed segment never has a torn tail); a new segment
+    /// that cannot be created (full disk) leaves the old one active and appendable; the
+    /// old index is trimmed only once nothing will be appended to it again.
     fn roll(&mut self, segment: &Arc<Segment>) -> Result<Arc<Segment>> {
-        let sealed = (|| {
-            use crate::error::IoContext;
-            segment
-                .store
-                .file()
-                .sync_data()
-                .context(|| format!("syncing {}", segment.store.path().display()))?;
-            segment.index.trim()
-        })();
-        if let Err(error) = sealed {
+        use crate::error::IoContext;
+        let synced = segment
+            .store
+            .file()
+            .sync_data()
+            .context(|| format!("syncing {}", segment.store.path().display()));
+        if let Err(error) = synced {
             return Err(self.poison(error));
         }
         self.shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -273,6 +273,9 @@ impl Appender {
             }
             Err(error) => return Err(self.poison(error)),
         };
+        if let Err(error) = segment.index.trim() {
+            return Err(self.poison(error));
+        }
         self.shared.segments.write().unwrap_or_else(|p| p.into_inner()).push(Arc::clone(&next));
         Ok(next)
     }
