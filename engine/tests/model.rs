@@ -127,7 +127,9 @@ fn run(durability: Durability, ops: Vec<Op>) {
                         model.values.extend(values);
                     }
                     Err(Error::BatchTooLarge { .. }) => assert!(lens.len() > 3, "a batch this small fits"),
-                    Err(Error::DiskFull { .. }) => assert!(log.poisoned().is_none()),
+                    // Nothing of it was kept. (The log may still be poisoned, by a background
+                    // interval sync that failed meanwhile.)
+                    Err(Error::DiskFull { .. }) => {}
                     Err(error) => {
                         assert!(log.poisoned().is_some(), "every other append failure poisons: {error}");
                         model.maybe.extend(values);
