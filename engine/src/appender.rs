@@ -34,7 +34,7 @@ use crate::{
     config::Durability,
     error::{Error, Result},
     index,
-    io::DiskFile,
+    io::{DiskFile, PendingWrite},
     log::Shared,
     record,
     segment::Segment,
@@ -56,8 +56,6 @@ pub(crate) enum Message {
 struct Written {
     done: oneshot::Sender<Result<u64>>,
     first: u64,
-    /// One past the request's last offset.
-    end: u64,
 }
 
 /// Work for the syncer: sync `file` so that offsets below `upto` are durable, then
@@ -68,14 +66,35 @@ struct SyncJob {
     waiters: Vec<Written>,
 }
 
+/// A group commit handed to the backend and not yet published: with io_uring the
+/// appender encodes the next group while the kernel writes this one.
+struct InFlight {
+    segment: Arc<Segment>,
+    write: PendingWrite,
+    position: u64,
+    len: u64,
+    /// Index entries (records) the group carries.
+    entries: u32,
+    /// The appender's next offset once the group is published.
+    next: u64,
+    written: Vec<Written>,
+}
+
 pub(crate) struct Appender {
     shared: Arc<Shared>,
     rx: Receiver<Message>,
-    /// Next offset to assign; equals the published next offset between turns.
+    /// Next offset to assign; equals the published next offset when nothing is in flight.
     next: u64,
     buf: Vec<u8>,
+    /// A spare buffer, swapped with `buf` while a group is in flight.
+    spare: Vec<u8>,
+    in_flight: Option<InFlight>,
     syncer: Option<(mpsc::Sender<SyncJob>, thread::JoinHandle<()>)>,
     unsynced_bytes: u64,
+}
+
+fn flight_entries_of(in_flight: &Option<InFlight>) -> u32 {
+    in_flight.as_ref().map_or(0, |f| f.entries)
 }
 
 fn now_ms() -> u64 {
@@ -103,7 +122,16 @@ impl Appender {
             }
         };
         let next = shared.next_offset.load(Ordering::Acquire);
-        let appender = Appender { shared, rx, next, buf: Vec::new(), syncer, unsynced_bytes: 0 };
+        let appender = Appender {
+            shared,
+            rx,
+            next,
+            buf: Vec::new(),
+            spare: Vec::new(),
+            in_flight: None,
+            syncer,
+            unsynced_bytes: 0,
+        };
         thread::Builder::new().name("ringlog-appender".into()).spawn(move || appender.run())
     }
 
@@ -111,7 +139,18 @@ impl Appender {
         let mut batch = Vec::new();
         let mut close = None;
         while close.is_none() {
-            let Ok(first) = self.rx.recv() else { break };
+            let first = match self.rx.try_recv() {
+                Ok(message) => message,
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    // Nothing more to overlap with: complete the group in flight first.
+                    let _ = self.finish_in_flight();
+                    match self.rx.recv() {
+                        Ok(message) => message,
+                        Err(_) => break,
+                    }
+                }
+            };
             let mut bytes = 0;
             let mut message = Some(first);
             while let Some(next) = message.take() {
@@ -131,13 +170,15 @@ impl Appender {
             }
             self.commit(std::mem::take(&mut batch));
         }
+        let _ = self.finish_in_flight();
         let result = self.shutdown();
         if let Some(reply) = close {
             let _ = reply.send(result);
         }
     }
 
-    /// Writes one group of requests and acknowledges (or hands to the syncer) each one.
+    /// Encodes one group of requests and hands it to the backend; the group is published
+    /// and acknowledged when its write completes (at once for synchronous backends).
     fn commit(&mut self, batch: Vec<Request>) {
         if batch.is_empty() {
             return;
@@ -150,101 +191,137 @@ impl Appender {
         }
         let timestamp_ms = now_ms();
         let mut segment = self.shared.active();
-        let mut pending: u32 = 0;
+        let mut entries: u32 = 0;
         let mut written: Vec<Written> = Vec::with_capacity(batch.len());
         let mut requests = batch.into_iter();
-        let mut outcome = Ok(());
-        for request in requests.by_ref() {
+        let mut failure = None;
+        while let Some(request) = requests.next() {
             let first = self.next;
             // A request never spans segments (`Log::submit` bounds its size), so it is
             // visible whole or not at all.
             let bytes: u64 = request.values.iter().map(|v| record::frame_len(v.len()) as u64).sum();
-            let entries = request.values.len() as u32;
-            let end = segment.size() + self.buf.len() as u64 + bytes;
-            if end > self.shared.config.store_bytes_max || pending + entries > segment.index.room() {
-                match self.write(&segment, pending).and_then(|()| self.roll(&segment)) {
+            let count = request.values.len() as u32;
+            let (flight_len, flight_entries) = self.in_flight.as_ref().map_or((0, 0), |f| (f.len, f.entries));
+            let end = segment.size() + flight_len + self.buf.len() as u64 + bytes;
+            if end > self.shared.config.store_bytes_max
+                || flight_entries + entries + count > segment.index.room()
+            {
+                // Everything before this request reaches the old segment before it is sealed.
+                let group = std::mem::take(&mut written);
+                let rolled = self
+                    .finish_in_flight()
+                    .and_then(|()| self.start(&segment, entries, group))
+                    .and_then(|()| self.finish_in_flight())
+                    .and_then(|()| self.roll(&segment));
+                entries = 0;
+                match rolled {
                     Ok(next_segment) => segment = next_segment,
                     Err(error) => {
-                        outcome = Err(error);
-                        written.push(Written { done: request.done, first, end: first + u64::from(entries) });
+                        failure = Some((error, request));
                         break;
                     }
                 }
-                pending = 0;
             }
+            let flight_len = self.in_flight.as_ref().map_or(0, |f| f.len);
             for value in &request.values {
-                let position = segment.size() + self.buf.len() as u64;
+                let position = segment.size() + flight_len + self.buf.len() as u64;
                 record::encode(&mut self.buf, self.next, timestamp_ms, value);
-                segment
-                    .index
-                    .push_unpublished(pending, u32::try_from(position).expect("store_bytes_max fits u32"));
-                pending += 1;
+                let position = u32::try_from(position).expect("store_bytes_max fits u32");
+                segment.index.push_unpublished(flight_entries_of(&self.in_flight) + entries, position);
+                entries += 1;
                 self.next += 1;
             }
-            written.push(Written { done: request.done, first, end: self.next });
+            written.push(Written { done: request.done, first });
         }
-        if outcome.is_ok() {
-            outcome = self.write(&segment, pending);
-        }
-        if let Err(error) = outcome {
-            // Requests published before the failure (by a roll inside this batch) stand;
-            // the rest fail, and so does everything left in the batch.
-            let published = self.shared.next_offset.load(Ordering::Acquire);
-            let standing = written.iter().take_while(|w| w.end <= published).count();
-            for w in written.drain(standing..) {
-                let _ = w.done.send(Err(self.failure(&error)));
-            }
+        if let Some((error, request)) = failure {
+            let _ = request.done.send(Err(self.failure(&error)));
             for request in requests {
                 let _ = request.done.send(Err(self.failure(&error)));
             }
+            return;
         }
-        self.acknowledge(written, &segment);
+        // Pipeline: the previous group completes while this one was being encoded.
+        if let Err(error) = self.finish_in_flight() {
+            for w in written {
+                let _ = w.done.send(Err(self.failure(&error)));
+            }
+            return;
+        }
+        if self.start(&segment, entries, written).is_ok()
+            && self.in_flight.as_ref().is_some_and(|f| f.write.is_complete())
+        {
+            let _ = self.finish_in_flight();
+        }
     }
 
-    /// Writes the buffered frames to `segment` and publishes `pending` records.
-    fn write(&mut self, segment: &Segment, pending: u32) -> Result<()> {
+    /// Hands the encoded buffer to the backend as the group in flight.
+    fn start(&mut self, segment: &Arc<Segment>, entries: u32, written: Vec<Written>) -> Result<()> {
+        assert!(self.in_flight.is_none(), "one group in flight at a time");
         if self.buf.is_empty() {
+            assert!(written.is_empty(), "requests without records");
             return Ok(());
         }
         let position = segment.size();
         let len = self.buf.len() as u64;
-        let (buf, result) = segment.store.file().write_all_at(std::mem::take(&mut self.buf), position);
-        self.buf = buf;
-        self.buf.clear();
-        if let Err(source) = result {
-            let published = self.shared.next_offset.load(Ordering::Acquire);
-            self.next = published;
-            let path = segment.store.path().to_path_buf();
-            if is_disk_full(&source) {
-                // Cut what part of the write landed, so the store ends at a frame boundary.
-                match segment.store.file().set_len(position) {
-                    Ok(()) => {
-                        warn!(file = %path.display(), "disk full: append rejected, nothing kept");
-                        return Err(Error::DiskFull { path, source });
-                    }
-                    Err(cut) => {
-                        let error =
-                            Error::io(format!("cutting {} after a failed write", path.display()), cut);
-                        return Err(self.poison(error));
-                    }
-                }
-            }
-            let error =
-                Error::io(format!("writing {len} bytes at byte {position} of {}", path.display()), source);
-            return Err(self.poison(error));
-        }
-        segment.index.publish(pending);
-        segment.store.set_size(position + len);
-        self.publish(len, u64::from(pending));
+        let buf = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
+        let write = segment.store.file().start_write_at(buf, position);
+        let segment = Arc::clone(segment);
+        self.in_flight = Some(InFlight { segment, write, position, len, entries, next: self.next, written });
         Ok(())
     }
 
-    fn publish(&mut self, bytes: u64, records: u64) {
+    /// Waits for the group in flight, then publishes and acknowledges it; on failure its
+    /// requests fail, and so does anything encoded after it.
+    fn finish_in_flight(&mut self) -> Result<()> {
+        let Some(flight) = self.in_flight.take() else { return Ok(()) };
+        let (mut buf, result) = flight.write.wait();
+        buf.clear();
+        self.spare = buf;
+        let segment = &flight.segment;
+        if let Err(source) = result {
+            let error = self.write_failed(segment, flight.position, flight.len, source);
+            self.buf.clear();
+            self.next = self.shared.next_offset.load(Ordering::Acquire);
+            for w in flight.written {
+                let _ = w.done.send(Err(self.failure(&error)));
+            }
+            return Err(error);
+        }
+        segment.index.publish(flight.entries);
+        segment.store.set_size(flight.position + flight.len);
+        self.publish(flight.len, u64::from(flight.entries), flight.next);
+        self.acknowledge(flight.written, segment);
+        Ok(())
+    }
+
+    /// Turns a failed write into the error callers see: a full disk is cut back and
+    /// reported; anything else poisons the log.
+    fn write_failed(&self, segment: &Segment, position: u64, len: u64, source: std::io::Error) -> Error {
+        let path = segment.store.path().to_path_buf();
+        if is_disk_full(&source) {
+            // Cut what part of the write landed, so the store ends at a frame boundary.
+            return match segment.store.file().set_len(position) {
+                Ok(()) => {
+                    warn!(file = %path.display(), "disk full: append rejected, nothing kept");
+                    Error::DiskFull { path, source }
+                }
+                Err(cut) => {
+                    self.poison(Error::io(format!("cutting {} after a failed write", path.display()), cut))
+                }
+            };
+        }
+        self.poison(Error::io(
+            format!("writing {len} bytes at byte {position} of {}", path.display()),
+            source,
+        ))
+    }
+
+    fn publish(&mut self, bytes: u64, records: u64, next: u64) {
         let shared = &self.shared;
         shared.stats.bytes_appended.fetch_add(bytes, Ordering::Relaxed);
         shared.stats.records_appended.fetch_add(records, Ordering::Relaxed);
         shared.stats.writes.fetch_add(1, Ordering::Relaxed);
-        shared.next_offset.store(self.next, Ordering::Release);
+        shared.next_offset.store(next, Ordering::Release);
         shared.appended.notify(usize::MAX);
         self.unsynced_bytes += bytes;
     }
@@ -281,10 +358,10 @@ impl Appender {
     }
 
     fn acknowledge(&mut self, written: Vec<Written>, segment: &Arc<Segment>) {
+        let upto = self.shared.next_offset.load(Ordering::Acquire);
         match (self.shared.config.durability, &self.syncer) {
             (Durability::Always, Some((jobs, _))) if !written.is_empty() => {
-                let job =
-                    SyncJob { file: Arc::clone(segment.store.file()), upto: self.next, waiters: written };
+                let job = SyncJob { file: Arc::clone(segment.store.file()), upto, waiters: written };
                 if let Err(mpsc::SendError(job)) = jobs.send(job) {
                     for w in job.waiters {
                         let _ = w.done.send(Err(Error::Closed));
@@ -297,11 +374,7 @@ impl Appender {
                 }
                 if self.unsynced_bytes >= bytes {
                     self.unsynced_bytes = 0;
-                    let job = SyncJob {
-                        file: Arc::clone(segment.store.file()),
-                        upto: self.next,
-                        waiters: Vec::new(),
-                    };
+                    let job = SyncJob { file: Arc::clone(segment.store.file()), upto, waiters: Vec::new() };
                     let _ = jobs.send(job);
                 }
             }
@@ -343,7 +416,8 @@ impl Appender {
         use crate::error::IoContext;
         segment.store.file().sync_data().context(|| format!("syncing {}", segment.store.path().display()))?;
         segment.index.trim()?;
-        self.shared.durable_offset.fetch_max(self.next, Ordering::AcqRel);
+        let published = self.shared.next_offset.load(Ordering::Acquire);
+        self.shared.durable_offset.fetch_max(published, Ordering::AcqRel);
         Ok(())
     }
 }

@@ -102,8 +102,9 @@ fn check_all(log: &Log, model: &Model) {
     }
 }
 
-fn run(durability: Durability, ops: Vec<Op>) {
+fn run(durability: Durability, deferred_writes: bool, ops: Vec<Op>) {
     let mut disk = SimDisk::new();
+    disk.defer_writes(deferred_writes);
     let mut log = open(&disk, durability);
     let mut faults_armed = false;
     let mut model = Model { values: Vec::new(), lowest: 0, appended: 0, maybe: Vec::new() };
@@ -224,8 +225,9 @@ proptest! {
     #[test]
     fn log_matches_a_vec_model_through_appends_reopens_drops_and_crashes(
         durability in durability(),
+        deferred_writes in any::<bool>(),
         ops in prop::collection::vec(op(), 1..60),
     ) {
-        run(durability, ops);
+        run(durability, deferred_writes, ops);
     }
 }

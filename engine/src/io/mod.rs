@@ -37,12 +37,43 @@ pub(crate) trait DiskFile: Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
     /// Writes all of `buf` at `pos` and returns the buffer.
     fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (Vec<u8>, io::Result<()>);
+    /// Starts writing all of `buf` at `pos`; the write completes by [`PendingWrite::wait`].
+    /// Backends without asynchronous writes finish before returning.
+    fn start_write_at(&self, buf: Vec<u8>, pos: u64) -> PendingWrite {
+        let (buf, result) = self.write_all_at(buf, pos);
+        PendingWrite::Complete(buf, result)
+    }
     /// `fdatasync`: the file's data, and its size, reach stable storage.
     fn sync_data(&self) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The real file, when there is one, so the index can be memory-mapped.
     fn std_file(&self) -> Option<&File>;
+}
+
+/// A write handed to a backend: complete already, or in the kernel's hands.
+pub(crate) enum PendingWrite {
+    Complete(Vec<u8>, io::Result<()>),
+    #[cfg(target_os = "linux")]
+    Uring(uring::InFlightWrite),
+    /// The simulated disk's asynchronous write: performed when waited for.
+    Deferred(Box<dyn FnOnce() -> (Vec<u8>, io::Result<()>) + Send>),
+}
+
+impl PendingWrite {
+    pub(crate) fn is_complete(&self) -> bool {
+        matches!(self, PendingWrite::Complete(..))
+    }
+
+    /// Waits for the write; returns the buffer and the outcome.
+    pub(crate) fn wait(self) -> (Vec<u8>, io::Result<()>) {
+        match self {
+            PendingWrite::Complete(buf, result) => (buf, result),
+            #[cfg(target_os = "linux")]
+            PendingWrite::Uring(write) => write.wait(),
+            PendingWrite::Deferred(write) => write(),
+        }
+    }
 }
 
 /// Opens a real file for reading and writing.

@@ -17,7 +17,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use super::{Disk, DiskFile};
+use super::{Disk, DiskFile, PendingWrite};
 
 /// An in-memory disk shared by every clone; see the module docs.
 #[derive(Clone, Default)]
@@ -47,6 +47,7 @@ pub enum SimFault {
 #[derive(Default)]
 struct State {
     files: BTreeMap<PathBuf, Arc<Mutex<FileData>>>,
+    deferred_writes: bool,
     write_fault: Option<(u64, i32)>,
     sync_fault: Option<(u64, i32)>,
 }
@@ -121,7 +122,14 @@ impl SimDisk {
                 (path.clone(), Arc::new(Mutex::new(file)))
             })
             .collect();
-        SimDisk { state: Arc::new(Mutex::new(State { files, ..State::default() })) }
+        let deferred_writes = state.deferred_writes;
+        SimDisk { state: Arc::new(Mutex::new(State { files, deferred_writes, ..State::default() })) }
+    }
+
+    /// Makes appends asynchronous like io_uring's: each write happens only when the log
+    /// waits for it, so tests cover the appender's pipelined path.
+    pub fn defer_writes(&self, deferred: bool) {
+        lock(&self.state).deferred_writes = deferred;
     }
 
     /// Injects a fault; it replaces any earlier fault of the same kind.
@@ -222,6 +230,15 @@ impl DiskFile for SimFile {
             }
             None => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
         }
+    }
+
+    fn start_write_at(&self, buf: Vec<u8>, pos: u64) -> PendingWrite {
+        if !lock(&self.disk.state).deferred_writes {
+            let (buf, result) = self.write_all_at(buf, pos);
+            return PendingWrite::Complete(buf, result);
+        }
+        let file = SimFile { disk: self.disk.clone(), data: Arc::clone(&self.data) };
+        PendingWrite::Deferred(Box::new(move || file.write_all_at(buf, pos)))
     }
 
     fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (Vec<u8>, io::Result<()>) {
