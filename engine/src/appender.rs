@@ -195,7 +195,7 @@ impl Appender {
         let mut written: Vec<Written> = Vec::with_capacity(batch.len());
         let mut requests = batch.into_iter();
         let mut failure = None;
-        while let Some(request) = requests.next() {
+        for request in requests.by_ref() {
             let first = self.next;
             // A request never spans segments (`Log::submit` bounds its size), so it is
             // visible whole or not at all.
