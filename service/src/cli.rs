@@ -89,7 +89,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         setting: "log-level".into(),
         reason: format!("`{}`: {e}", config.log_level),
     })?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 
     let log = Log::open(&config.data_dir, config.engine_config())
         .with_context(|| format!("opening the log in {}", config.data_dir.display()))?;

@@ -83,9 +83,9 @@ impl Server {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 
-        let addr = listener.local_addr().ok();
+        let addr = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        info!(addr = ?addr, dir = %log.dir().display(), backend = log.backend(),
+        info!(addr = %addr, dir = %log.dir().display(), backend = log.backend(),
               next_offset = log.next_offset(), "serving");
         let stopping = async move {
             shutdown.await;
