@@ -7,13 +7,16 @@
 //! append already taken is answered), wait for every in-flight call, and close the log,
 //! which finishes queued appends and syncs.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
 use ringlog_engine::Log;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+};
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     proto::{self, log_server::LogServer},
@@ -50,12 +53,21 @@ pub enum ServeError {
 #[derive(Debug)]
 pub struct Server {
     log: Log,
+    shutdown_grace: Duration,
 }
 
 impl Server {
     /// A server for `log`.
     pub fn new(log: Log) -> Server {
-        Server { log }
+        Server { log, shutdown_grace: Duration::from_secs(30) }
+    }
+
+    /// How long a shutdown waits for open calls (a health `Watch`, a client that stopped
+    /// reading) before it closes the log anyway. Default 30 s. Appends already handed to
+    /// the log are finished by the close either way.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Server {
+        self.shutdown_grace = grace;
+        self
     }
 
     /// Serves on `listener` until `shutdown` resolves, then stops gracefully (see the
@@ -87,20 +99,35 @@ impl Server {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         info!(addr = %addr, dir = %log.dir().display(), backend = log.backend(),
               next_offset = log.next_offset(), "serving");
+        let (signalled, signalled_rx) = oneshot::channel::<()>();
         let stopping = async move {
             shutdown.await;
+            let _ = signalled.send(());
             info!("shutting down: no new connections; finishing in-flight calls");
             health.set_service_status("", ServingStatus::NotServing).await;
             health.set_not_serving::<LogServer<LogService>>().await;
             let _ = stop.send(true);
         };
-        let served = tonic::transport::Server::builder()
+        let serving = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(log_service)
-            .serve_with_incoming_shutdown(incoming, stopping)
-            .await;
+            .serve_with_incoming_shutdown(incoming, stopping);
+        let grace = self.shutdown_grace;
+        let grace_over = async move {
+            match signalled_rx.await {
+                Ok(()) => tokio::time::sleep(grace).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let served = tokio::select! {
+            served = serving => served,
+            () = grace_over => {
+                warn!(?grace, "calls still open after the shutdown grace period; closing the log anyway");
+                Ok(())
+            }
+        };
 
         // Close even when serving failed, so that queued appends are finished and synced.
         let closing = log.clone();
