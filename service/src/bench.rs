@@ -86,10 +86,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let mut client = connect(&args.connect.addr).await?;
-    let mut stream = client
-        .consume_stream(ConsumeRequest { offset: first, max_records: args.batch })
-        .await?
-        .into_inner();
+    let mut stream =
+        client.consume_stream(ConsumeRequest { offset: first, max_records: args.batch }).await?.into_inner();
     let mut read = 0;
     while read < total {
         let message = stream.next().await.context("the stream ended early")??;

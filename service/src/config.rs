@@ -177,9 +177,8 @@ impl ServeOptions {
             };
             let number = || -> Result<u64, ConfigError> {
                 match &value {
-                    toml::Value::Integer(n) => {
-                        u64::try_from(*n).map_err(|_| invalid(&key, format!("must not be negative, found {n}")))
-                    }
+                    toml::Value::Integer(n) => u64::try_from(*n)
+                        .map_err(|_| invalid(&key, format!("must not be negative, found {n}"))),
                     other => Err(invalid(&key, format!("expected a number, found `{other}`"))),
                 }
             };
@@ -194,7 +193,8 @@ impl ServeOptions {
                 "index-bytes" => options.index_bytes = Some(number()?),
                 "max-record-bytes" => {
                     let n = number()?;
-                    let n = u32::try_from(n).map_err(|_| invalid(&key, format!("{n} is over {}", u32::MAX)))?;
+                    let n =
+                        u32::try_from(n).map_err(|_| invalid(&key, format!("{n} is over {}", u32::MAX)))?;
                     options.max_record_bytes = Some(n);
                 }
                 "on-corruption" => options.on_corruption = Some(parse_enum(&key, &text()?)?),
@@ -249,8 +249,11 @@ fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 
 fn parse_enum<T: ValueEnum>(key: &str, text: &str) -> Result<T, ConfigError> {
     T::from_str(text, true).map_err(|_| {
-        let allowed: Vec<String> =
-            T::value_variants().iter().filter_map(|v| v.to_possible_value()).map(|v| v.get_name().to_owned()).collect();
+        let allowed: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|v| v.get_name().to_owned())
+            .collect();
         invalid(key, format!("`{text}` is not one of {}", allowed.join(", ")))
     })
 }
@@ -371,7 +374,8 @@ mod tests {
             ("durability = 3", "`durability`"),
         ];
         for (text, setting) in cases {
-            let error = ServeOptions::from_toml(text).and_then(ServeOptions::resolve).unwrap_err().to_string();
+            let error =
+                ServeOptions::from_toml(text).and_then(ServeOptions::resolve).unwrap_err().to_string();
             assert!(error.contains(setting), "{text}: {error}");
             assert!(!error.contains('\n'), "{text}: {error}");
         }

@@ -180,12 +180,7 @@ fn values(request: ProduceRequest, record_bytes_max: u32) -> Result<Vec<Bytes>, 
 }
 
 /// Reads the response to a ConsumeRequest at `offset`; returns it and its record count.
-fn read(
-    log: &Log,
-    limits: &Limits,
-    offset: u64,
-    max_records: u64,
-) -> Result<(ConsumeResponse, u64), Status> {
+fn read(log: &Log, limits: &Limits, offset: u64, max_records: u64) -> Result<(ConsumeResponse, u64), Status> {
     let engine = |e: ringlog_engine::Error| status::from_engine(&e);
     if max_records <= 1 {
         let record = log.read(offset).map_err(engine)?;

@@ -43,7 +43,8 @@ pub fn from_engine(error: &Error) -> Status {
 /// `OUT_OF_RANGE` for `offset`, with the log's end that it fell off (`"lowest"` or `"next"`).
 fn out_of_range(offset: u64, end_name: &str, end: u64) -> Status {
     let mut details = ErrorDetails::new();
-    details.set_localized_message(LOCALE, format!("The requested offset is outside the log's range: {offset}"));
+    details
+        .set_localized_message(LOCALE, format!("The requested offset is outside the log's range: {offset}"));
     details.set_error_info(
         REASON_OUT_OF_RANGE,
         DOMAIN,
@@ -59,7 +60,10 @@ pub fn missing_record() -> Status {
 
 /// `INVALID_ARGUMENT`: the value of `field` is over the record size limit.
 pub fn record_too_large(field: &str, len: usize, max: u32) -> Status {
-    invalid_argument(field, format!("{field} is {len} bytes, over the limit of {max} bytes; nothing was written"))
+    invalid_argument(
+        field,
+        format!("{field} is {len} bytes, over the limit of {max} bytes; nothing was written"),
+    )
 }
 
 /// `INVALID_ARGUMENT`: a message that does not decode as protobuf.

@@ -88,9 +88,18 @@ fn serve_produce_consume_terminate_and_restart() {
         server.stdout(&["consume", "--from", "0"], None),
         "0\tone\n1\ttwo\n2\tthree\n3\tfour\n4\tfive with\\ttab\n"
     );
-    assert_eq!(server.stdout(&["consume", "--from", "1", "--count", "2", "--format", "base64"], None), "1\tdHdv\n2\tdGhyZWU=\n");
-    assert_eq!(server.stdout(&["consume", "--from", "3", "--count", "1", "--format", "raw"], None), "3\tfour\n");
-    assert_eq!(server.stdout(&["consume", "--from", "4", "--count", "1", "--follow"], None), "4\tfive with\\ttab\n");
+    assert_eq!(
+        server.stdout(&["consume", "--from", "1", "--count", "2", "--format", "base64"], None),
+        "1\tdHdv\n2\tdGhyZWU=\n"
+    );
+    assert_eq!(
+        server.stdout(&["consume", "--from", "3", "--count", "1", "--format", "raw"], None),
+        "3\tfour\n"
+    );
+    assert_eq!(
+        server.stdout(&["consume", "--from", "4", "--count", "1", "--follow"], None),
+        "4\tfive with\\ttab\n"
+    );
     assert_eq!(server.stdout(&["consume", "--from", "5"], None), "", "the end of the log is not an error");
     server.terminate();
 

@@ -133,7 +133,10 @@ async fn a_record_over_the_limit_is_invalid_and_nothing_of_its_request_is_writte
 
     let status = client.produce(produce_request(big.clone())).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(status.message(), "record.value is 1025 bytes, over the limit of 1024 bytes; nothing was written");
+    assert_eq!(
+        status.message(),
+        "record.value is 1025 bytes, over the limit of 1024 bytes; nothing was written"
+    );
 
     let status = client.produce(batch_request(&["ok", &big, "ok"])).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -319,9 +322,12 @@ async fn a_malformed_message_is_invalid_argument_and_writes_nothing() {
 async fn produce_stream_answers_every_request_in_order_when_pipelined() {
     let server = TestServer::start(config()).await;
     let mut client = server.client().await;
-    let requests = tokio_stream::iter((0..2000).map(|i| {
-        if i % 3 == 0 { batch_request(&["a", "b"]) } else { produce_request(format!("{i}")) }
-    }));
+    let requests =
+        tokio_stream::iter(
+            (0..2000).map(|i| {
+                if i % 3 == 0 { batch_request(&["a", "b"]) } else { produce_request(format!("{i}")) }
+            }),
+        );
     let answers: Vec<_> =
         client.produce_stream(requests).await.unwrap().into_inner().map(|a| a.unwrap()).collect().await;
     assert_eq!(answers.len(), 2000);

@@ -4,7 +4,9 @@ mod common;
 
 use common::{TestServer, config};
 use prost::Message;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use tonic_reflection::pb::{v1, v1alpha};
 
 fn check(service: &str) -> HealthCheckRequest {
@@ -34,7 +36,8 @@ async fn health_is_serving_while_open_and_not_serving_once_shutdown_starts() {
 async fn reflection_v1_lists_the_services_and_describes_log_v1() {
     let server = TestServer::start(config()).await;
     let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(server.channel().await);
-    let request = |message| v1::ServerReflectionRequest { host: String::new(), message_request: Some(message) };
+    let request =
+        |message| v1::ServerReflectionRequest { host: String::new(), message_request: Some(message) };
     let requests = tokio_stream::iter([
         request(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
         request(v1::server_reflection_request::MessageRequest::FileContainingSymbol("log.v1.Log".into())),
@@ -69,7 +72,9 @@ async fn reflection_v1alpha_answers_too() {
         v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel().await);
     let request = v1alpha::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
     };
     let mut answers =
         reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
