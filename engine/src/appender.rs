@@ -154,26 +154,25 @@ impl Appender {
         let mut written: Vec<Written> = Vec::with_capacity(batch.len());
         let mut requests = batch.into_iter();
         let mut outcome = Ok(());
-        'requests: for request in requests.by_ref() {
+        for request in requests.by_ref() {
             let first = self.next;
-            for value in &request.values {
-                let frame_len = record::frame_len(value.len()) as u64;
-                let end = segment.size() + self.buf.len() as u64 + frame_len;
-                if end > self.shared.config.store_bytes_max || pending >= segment.index.room() {
-                    match self.write(&segment, pending).and_then(|()| self.roll(&segment)) {
-                        Ok(next_segment) => segment = next_segment,
-                        Err(error) => {
-                            outcome = Err(error);
-                            written.push(Written {
-                                done: request.done,
-                                first,
-                                end: first + request.values.len() as u64,
-                            });
-                            break 'requests;
-                        }
+            // A request never spans segments (`Log::submit` bounds its size), so it is
+            // visible whole or not at all.
+            let bytes: u64 = request.values.iter().map(|v| record::frame_len(v.len()) as u64).sum();
+            let entries = request.values.len() as u32;
+            let end = segment.size() + self.buf.len() as u64 + bytes;
+            if end > self.shared.config.store_bytes_max || pending + entries > segment.index.room() {
+                match self.write(&segment, pending).and_then(|()| self.roll(&segment)) {
+                    Ok(next_segment) => segment = next_segment,
+                    Err(error) => {
+                        outcome = Err(error);
+                        written.push(Written { done: request.done, first, end: first + u64::from(entries) });
+                        break;
                     }
-                    pending = 0;
                 }
+                pending = 0;
+            }
+            for value in &request.values {
                 let position = segment.size() + self.buf.len() as u64;
                 record::encode(&mut self.buf, self.next, timestamp_ms, value);
                 segment
@@ -188,8 +187,8 @@ impl Appender {
             outcome = self.write(&segment, pending);
         }
         if let Err(error) = outcome {
-            // Requests wholly published before the failure (by a roll inside this batch)
-            // stand; the rest fail, and so does everything left in the batch.
+            // Requests published before the failure (by a roll inside this batch) stand;
+            // the rest fail, and so does everything left in the batch.
             let published = self.shared.next_offset.load(Ordering::Acquire);
             let standing = written.iter().take_while(|w| w.end <= published).count();
             for w in written.drain(standing..) {
@@ -250,18 +249,18 @@ impl Appender {
         self.unsynced_bytes += bytes;
     }
 
-    /// Seals `segment` (synced, index trimmed) and starts the next one.
+    /// Seals `segment` and starts the next one. The order keeps every failure safe: the
+    /// old store is synced first (a sealed segment never has a torn tail); a new segment
+    /// that cannot be created (full disk) leaves the old one active and appendable; the
+    /// old index is trimmed only once nothing will be appended to it again.
     fn roll(&mut self, segment: &Arc<Segment>) -> Result<Arc<Segment>> {
-        let sealed = (|| {
-            use crate::error::IoContext;
-            segment
-                .store
-                .file()
-                .sync_data()
-                .context(|| format!("syncing {}", segment.store.path().display()))?;
-            segment.index.trim()
-        })();
-        if let Err(error) = sealed {
+        use crate::error::IoContext;
+        let synced = segment
+            .store
+            .file()
+            .sync_data()
+            .context(|| format!("syncing {}", segment.store.path().display()));
+        if let Err(error) = synced {
             return Err(self.poison(error));
         }
         self.shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -274,6 +273,9 @@ impl Appender {
             }
             Err(error) => return Err(self.poison(error)),
         };
+        if let Err(error) = segment.index.trim() {
+            return Err(self.poison(error));
+        }
         self.shared.segments.write().unwrap_or_else(|p| p.into_inner()).push(Arc::clone(&next));
         Ok(next)
     }

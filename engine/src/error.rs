@@ -36,6 +36,21 @@ pub enum Error {
         /// The configured `record_bytes_max`.
         max: u32,
     },
+    /// A batch is larger than one segment holds (batches never span segments, so that
+    /// each is appended whole or not at all).
+    #[error(
+        "batch of {records} records and {bytes} bytes exceeds one segment ({records_max} records, {bytes_max} bytes)"
+    )]
+    BatchTooLarge {
+        /// Records in the batch.
+        records: usize,
+        /// Frame bytes the batch needs.
+        bytes: u64,
+        /// Records one segment's index holds.
+        records_max: usize,
+        /// Frame bytes one segment's store holds.
+        bytes_max: u64,
+    },
     /// A batch append was given no records.
     #[error("a batch must hold at least one record")]
     EmptyBatch,

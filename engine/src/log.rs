@@ -27,6 +27,7 @@ use crate::{
     appender::{Appender, Message, Request},
     config::{Backend, Config},
     error::{Error, IoContext, Result},
+    index,
     io::{Disk, pwrite::PwriteDisk},
     record::{self, Record},
     recovery::{self, RecoveryReport},
@@ -199,14 +200,24 @@ impl Log {
 
     /// Hands records to the appender without waiting; the ticket completes with the first
     /// record's offset (the rest follow contiguously) once the durability setting is met.
+    /// A batch is atomic: all of its records become readable at once, or none do. It must
+    /// therefore fit in one segment ([`Error::BatchTooLarge`] otherwise).
     pub fn submit(&self, values: Vec<Bytes>) -> Result<AppendTicket> {
         let shared = self.shared();
         if values.is_empty() {
             return Err(Error::EmptyBatch);
         }
-        let max = shared.config.record_bytes_max;
+        let config = &shared.config;
+        let max = config.record_bytes_max;
         if let Some(value) = values.iter().find(|v| v.len() > max as usize) {
             return Err(Error::RecordTooLarge { len: value.len(), max });
+        }
+        // A batch must fit in one segment, so that it is appended whole or not at all.
+        let bytes: u64 = values.iter().map(|v| record::frame_len(v.len()) as u64).sum();
+        let bytes_max = config.store_bytes_max - store::HEADER_LEN as u64;
+        let records_max = index::capacity(config.index_bytes_max) as usize;
+        if bytes > bytes_max || values.len() > records_max {
+            return Err(Error::BatchTooLarge { records: values.len(), bytes, records_max, bytes_max });
         }
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);

@@ -17,6 +17,7 @@
 //!      naming the file and byte position; with `OnCorruption::Truncate` the log is cut
 //!      there and every later segment is removed.
 //! 5. A log with no segments gets an empty one at `initial_offset`.
+//! 6. The active segment's store is synced, so everything recovered is durable.
 
 use std::{path::Path, sync::Arc};
 
@@ -97,6 +98,10 @@ pub(crate) fn recover(
         let base = config.initial_offset;
         segments.push(Arc::new(Segment::create(disk, dir, base, capacity)?));
     }
+    // What the active segment holds may be in the page cache only (the last run was
+    // killed, or its sync failed): make it durable before the log reports it durable.
+    let active = segments.last().expect("a segment exists");
+    active.store.file().sync_data().context(|| format!("syncing {}", active.store.path().display()))?;
     report.segments = segments.len();
     info!(
         dir = %dir.display(),

@@ -49,19 +49,27 @@ impl Segment {
         Segment { base, store, index }
     }
 
-    /// Creates the files of a new, empty segment.
+    /// Creates the files of a new, empty segment. On failure nothing is left behind, so a
+    /// failed roll cannot leave a stray segment after the active one.
     pub(crate) fn create(disk: &dyn Disk, dir: &Path, base: u64, index_capacity: u32) -> Result<Segment> {
         use crate::error::IoContext;
         let store_path = file_path(dir, base, STORE_EXT);
         let index_path = file_path(dir, base, INDEX_EXT);
-        let store_file =
-            disk.open(&store_path, true).context(|| format!("creating {}", store_path.display()))?;
-        let store = Store::create(store_file, &store_path, base)?;
-        let index_file =
-            disk.open(&index_path, true).context(|| format!("creating {}", index_path.display()))?;
-        let index = Index::create(index_file, &index_path, base, index_capacity)?;
-        disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
-        Ok(Segment { base, store, index })
+        let created = (|| {
+            let store_file =
+                disk.open(&store_path, true).context(|| format!("creating {}", store_path.display()))?;
+            let store = Store::create(store_file, &store_path, base)?;
+            let index_file =
+                disk.open(&index_path, true).context(|| format!("creating {}", index_path.display()))?;
+            let index = Index::create(index_file, &index_path, base, index_capacity)?;
+            disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
+            Ok(Segment { base, store, index })
+        })();
+        if created.is_err() {
+            let _ = disk.remove(&store_path);
+            let _ = disk.remove(&index_path);
+        }
+        created
     }
 
     pub(crate) fn base(&self) -> u64 {

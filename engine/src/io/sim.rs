@@ -153,6 +153,11 @@ impl SimDisk {
         state.files.insert(path.to_path_buf(), Arc::new(Mutex::new(file)));
     }
 
+    /// Deletes a file (to plant a missing file); returns whether it existed.
+    pub fn delete_file(&self, path: &Path) -> bool {
+        lock(&self.state).files.remove(path).is_some()
+    }
+
     /// Paths of every file on the disk.
     pub fn paths(&self) -> Vec<PathBuf> {
         lock(&self.state).files.keys().cloned().collect()

@@ -1,0 +1,375 @@
+//! The log's behaviour on every backend: the proglog test catalogue in spirit, and the
+//! weaknesses it has that ringlog must not.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{fixtures, index_name, store_name, value};
+use ringlog_engine::{Config, Error, Log, Retention};
+
+/// Store limit that fits exactly three 11-byte records (header 32 + 3 * (24 + 11)).
+const THREE_HELLOS: u64 = 32 + 3 * 35;
+
+#[test]
+fn append_and_read_round_trip() {
+    for f in fixtures(|_| {}) {
+        let log = f.open();
+        for i in 0..3 {
+            assert_eq!(log.append(&b"hello world"[..]).unwrap(), i, "[{}]", f.name);
+        }
+        for i in 0..3 {
+            let record = log.read(i).unwrap();
+            assert_eq!((record.offset, &record.value[..]), (i, &b"hello world"[..]), "[{}]", f.name);
+        }
+    }
+}
+
+#[test]
+fn reading_past_the_end_is_out_of_range_with_the_next_offset() {
+    for f in fixtures(|_| {}) {
+        let log = f.open();
+        assert!(matches!(log.read(0), Err(Error::OffsetNotWritten { offset: 0, next: 0 })), "[{}]", f.name);
+        log.append(&b"x"[..]).unwrap();
+        let error = log.read(1).unwrap_err();
+        assert!(matches!(error, Error::OffsetNotWritten { offset: 1, next: 1 }), "[{}] {error}", f.name);
+        assert!(error.to_string().starts_with("offset out of range: 1"));
+        assert!(matches!(log.read(u64::MAX), Err(Error::OffsetNotWritten { .. })));
+    }
+}
+
+#[test]
+fn empty_log_has_no_highest_offset() {
+    // proglog reports highest 0 for an empty log, the same as for a log with one record.
+    for f in fixtures(|c| c.initial_offset = 16) {
+        let log = f.open();
+        assert_eq!((log.lowest_offset(), log.next_offset(), log.highest_offset()), (16, 16, None));
+        assert_eq!(log.append(&b"a"[..]).unwrap(), 16);
+        assert_eq!(log.highest_offset(), Some(16), "[{}]", f.name);
+    }
+}
+
+#[test]
+fn reopen_keeps_lowest_highest_and_next_offset() {
+    for f in fixtures(|c| c.store_bytes_max = THREE_HELLOS - 1) {
+        let log = f.open();
+        for _ in 0..3 {
+            log.append(&b"hello world"[..]).unwrap();
+        }
+        assert_eq!(log.segment_count(), 2, "[{}] the third record rolls the segment", f.name);
+        log.close().unwrap();
+        let log = f.open();
+        assert_eq!((log.lowest_offset(), log.highest_offset()), (0, Some(2)), "[{}]", f.name);
+        assert_eq!(log.append(&b"again"[..]).unwrap(), 3, "[{}]", f.name);
+        assert_eq!(&log.read(2).unwrap().value[..], b"hello world");
+        assert_eq!(
+            f.file_names(),
+            vec![index_name(0), store_name(0), index_name(2), store_name(2)],
+            "[{}]",
+            f.name
+        );
+    }
+}
+
+#[test]
+fn segment_rolls_when_the_store_is_full() {
+    for f in fixtures(|c| c.store_bytes_max = THREE_HELLOS) {
+        let log = f.open();
+        for _ in 0..3 {
+            log.append(&b"hello world"[..]).unwrap();
+        }
+        assert_eq!(log.segment_count(), 1, "[{}] exactly full is not over", f.name);
+        log.append(&b"hello world"[..]).unwrap();
+        assert_eq!(log.segment_count(), 2, "[{}]", f.name);
+        assert_eq!(log.read(3).unwrap().offset, 3);
+    }
+}
+
+#[test]
+fn segment_rolls_when_the_index_is_full_even_for_sizes_not_a_multiple_of_the_entry() {
+    // proglog: 1024-byte index, 12-byte entries: `size >= max` never fires and every
+    // append after the 85th fails forever. Here: 3 entries fit in 32 + 3*8 + 7 bytes.
+    for f in fixtures(|c| {
+        c.index_bytes_max = 32 + 3 * 8 + 7;
+        c.initial_offset = 16;
+    }) {
+        let log = f.open();
+        for i in 0..10u64 {
+            assert_eq!(log.append(Bytes::new()).unwrap(), 16 + i, "[{}]", f.name);
+        }
+        assert_eq!(log.segment_count(), 4, "[{}] 3 + 3 + 3 + 1", f.name);
+        for i in 0..10 {
+            assert!(log.read(16 + i).unwrap().value.is_empty());
+        }
+        log.close().unwrap();
+        let log = f.open();
+        assert_eq!(log.next_offset(), 26, "[{}]", f.name);
+    }
+}
+
+#[test]
+fn a_batch_gets_contiguous_offsets_and_never_spans_segments() {
+    for f in fixtures(|c| c.store_bytes_max = THREE_HELLOS) {
+        let log = f.open();
+        log.append(value(0, 11)).unwrap();
+        // Two more fit beside the first record; three do not, so they start a segment.
+        let values: Vec<Bytes> = (1..4).map(|i| value(i, 11)).collect();
+        assert_eq!(log.append_batch(values.clone()).unwrap(), 1);
+        assert_eq!(log.segment_count(), 2, "[{}] the batch rolled the segment first", f.name);
+        assert_eq!(log.read_from(1, 10, usize::MAX).unwrap().len(), 3, "[{}] all in one segment", f.name);
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(&log.read(1 + i as u64).unwrap().value, v, "[{}]", f.name);
+        }
+        let too_big: Vec<Bytes> = (0..4).map(|i| value(i, 11)).collect();
+        let error = log.append_batch(too_big).unwrap_err();
+        assert!(matches!(error, Error::BatchTooLarge { records: 4, bytes: 140, .. }), "[{}] {error}", f.name);
+        assert_eq!(log.next_offset(), 4, "[{}] nothing of it was written", f.name);
+    }
+}
+
+#[test]
+fn invalid_appends_are_rejected_and_write_nothing() {
+    for f in fixtures(|c| c.record_bytes_max = 100) {
+        let log = f.open();
+        assert!(matches!(log.append(vec![0u8; 101]), Err(Error::RecordTooLarge { len: 101, max: 100 })));
+        assert!(matches!(log.append_batch(vec![]), Err(Error::EmptyBatch)));
+        let mixed = vec![Bytes::from_static(b"ok"), Bytes::from(vec![0u8; 101])];
+        assert!(matches!(log.append_batch(mixed), Err(Error::RecordTooLarge { .. })));
+        assert_eq!(log.next_offset(), 0, "[{}]", f.name);
+        assert_eq!(log.append(vec![0u8; 100]).unwrap(), 0);
+    }
+}
+
+#[test]
+fn read_from_respects_record_and_byte_limits_and_segment_ends() {
+    for f in fixtures(|c| c.store_bytes_max = 32 + 10 * 34) {
+        let log = f.open();
+        let values: Vec<Bytes> = (0..25).map(|i| value(i, 10)).collect();
+        for chunk in values.chunks(5) {
+            log.append_batch(chunk.to_vec()).unwrap();
+        }
+        let batch = log.read_from(0, 4, usize::MAX).unwrap();
+        assert_eq!(batch.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        let batch = log.read_from(2, 100, usize::MAX).unwrap();
+        assert_eq!(batch.len(), 8, "[{}] stops at the segment end", f.name);
+        assert_eq!(batch.last().unwrap().offset, 9);
+        let batch = log.read_from(10, 100, 2 * 34).unwrap();
+        assert_eq!(batch.len(), 2, "[{}] two 34-byte frames fit in 68 bytes", f.name);
+        let batch = log.read_from(10, 100, 1).unwrap();
+        assert_eq!(batch.len(), 1, "the first record always comes back");
+        let batch = log.read_from(24, 100, usize::MAX).unwrap();
+        assert_eq!(batch.len(), 1);
+        for r in log.read_from(20, 100, usize::MAX).unwrap() {
+            assert_eq!(r.value, values[r.offset as usize]);
+        }
+    }
+}
+
+#[test]
+fn truncate_before_drops_whole_segments_and_never_the_active_one() {
+    // proglog's Truncate can remove every segment, after which the log panics.
+    for f in fixtures(|c| c.store_bytes_max = THREE_HELLOS) {
+        let log = f.open();
+        for _ in 0..7 {
+            log.append(&b"hello world"[..]).unwrap();
+        }
+        assert_eq!(log.segment_count(), 3, "[{}] 0-2, 3-5, 6", f.name);
+        assert_eq!(log.truncate_before(4).unwrap(), 1, "[{}] only 0-2 lies wholly below 4", f.name);
+        assert_eq!(log.lowest_offset(), 3);
+        let error = log.read(2).unwrap_err();
+        assert!(matches!(error, Error::OffsetBelowLowest { offset: 2, lowest: 3 }), "[{}] {error}", f.name);
+        assert_eq!(log.read(3).unwrap().offset, 3);
+        assert_eq!(log.truncate_before(u64::MAX).unwrap(), 1);
+        assert_eq!(log.segment_count(), 1, "[{}] the active segment stays", f.name);
+        assert_eq!((log.lowest_offset(), log.next_offset()), (6, 7));
+        assert_eq!(log.append(&b"still writable"[..]).unwrap(), 7);
+        log.close().unwrap();
+        let log = f.open();
+        assert_eq!((log.lowest_offset(), log.highest_offset()), (6, Some(7)), "[{}]", f.name);
+    }
+}
+
+#[test]
+fn retention_by_bytes_and_age_keeps_the_active_segment() {
+    for f in fixtures(|c| c.store_bytes_max = THREE_HELLOS) {
+        let log = f.open();
+        for _ in 0..9 {
+            log.append(&b"hello world"[..]).unwrap();
+        }
+        log.append(&b"hello world"[..]).unwrap();
+        assert_eq!(log.segment_count(), 4);
+        let full = log.size_bytes();
+        let dropped = log.apply_retention(Retention { max_bytes: Some(full - 1), max_age: None }).unwrap();
+        assert_eq!(dropped, 1, "[{}] one segment is enough to get under the limit", f.name);
+        assert_eq!(log.lowest_offset(), 3);
+        let none = log.apply_retention(Retention {
+            max_bytes: None,
+            max_age: Some(std::time::Duration::from_secs(3600)),
+        });
+        assert_eq!(none.unwrap(), 0, "[{}] nothing is an hour old", f.name);
+        let dropped = log.apply_retention(Retention { max_bytes: Some(0), max_age: None }).unwrap();
+        assert_eq!(dropped, 2);
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(log.lowest_offset(), 9);
+    }
+}
+
+#[test]
+fn reader_is_a_consistent_snapshot_of_every_frame() {
+    for f in fixtures(|c| c.store_bytes_max = THREE_HELLOS) {
+        let log = f.open();
+        let values: Vec<Bytes> = (0..7).map(|i| value(i, 11)).collect();
+        for v in &values {
+            log.append(v.clone()).unwrap();
+        }
+        let mut reader = log.reader();
+        log.append(&b"after the snapshot"[..]).unwrap();
+        log.truncate_before(3).unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut bytes).unwrap();
+        let records = ringlog_engine::decode_all(&Bytes::from(bytes)).unwrap();
+        assert_eq!(records.len(), 7, "[{}]", f.name);
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!((r.offset, &r.value), (i as u64, &values[i]));
+        }
+    }
+}
+
+#[test]
+fn many_threads_append_at_once_with_unique_contiguous_offsets() {
+    for f in fixtures(|c| c.store_bytes_max = 64 << 10) {
+        let log = f.open();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    (0..500)
+                        .map(|i| (log.append(value(t * 1000 + i, 50)).unwrap(), t * 1000 + i))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<(u64, u64)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        all.sort();
+        assert_eq!(all.len(), 4000);
+        for (i, (offset, id)) in all.iter().enumerate() {
+            assert_eq!(*offset, i as u64, "[{}]", f.name);
+            assert_eq!(log.read(*offset).unwrap().value, value(*id, 50));
+        }
+        assert!(log.stats().writes < 4000, "[{}] group commit batched some appends", f.name);
+    }
+}
+
+#[test]
+fn many_async_tasks_append_without_blocking_a_single_threaded_runtime() {
+    // On a current-thread runtime a blocking append would deadlock: every task must await.
+    let f = fixtures(|_| {}).remove(0);
+    let log = f.open();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let offsets = runtime.block_on(async {
+        let tasks: Vec<_> = (0..1000)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.submit(vec![value(i, 20)]).unwrap().await.unwrap() })
+            })
+            .collect();
+        let mut offsets = Vec::new();
+        for task in tasks {
+            offsets.push(task.await.unwrap());
+        }
+        offsets
+    });
+    let mut sorted = offsets.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..1000).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_waiting_reader_is_woken_by_an_append_and_not_before() {
+    for f in fixtures(|_| {}) {
+        let log = f.open();
+        log.append(&b"first"[..]).unwrap();
+        let waiter = {
+            let log = log.clone();
+            std::thread::spawn(move || log.wait_for_blocking(1, None))
+        };
+        // Nothing is appended yet: the waiter must still be parked, however long we look.
+        assert!(!waiter.is_finished());
+        let before = log.stats().waiter_wakeups;
+        log.append(&b"second"[..]).unwrap();
+        assert_eq!(waiter.join().unwrap().unwrap(), Some(2), "[{}]", f.name);
+        assert!(log.stats().waiter_wakeups - before <= 1, "[{}] one append, at most one wakeup", f.name);
+        assert_eq!(log.wait_for_blocking(0, None).unwrap(), Some(2), "already there: no wait");
+    }
+}
+
+#[test]
+fn async_waiters_are_woken_and_closing_releases_them() {
+    let f = fixtures(|_| {}).remove(0);
+    let log = f.open();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        let waiter = tokio::spawn({
+            let log = log.clone();
+            async move { log.wait_for(0).await }
+        });
+        tokio::task::yield_now().await;
+        log.submit(vec![Bytes::from_static(b"x")]).unwrap().await.unwrap();
+        assert_eq!(waiter.await.unwrap().unwrap(), 1);
+        let waiter = tokio::spawn({
+            let log = log.clone();
+            async move { log.wait_for(5).await }
+        });
+        tokio::task::yield_now().await;
+        log.close().unwrap();
+        assert!(matches!(waiter.await.unwrap(), Err(Error::Closed)));
+    });
+}
+
+#[test]
+fn closed_log_rejects_appends_and_close_trims_the_index() {
+    for f in fixtures(|_| {}) {
+        let log = f.open();
+        log.append(&b"a"[..]).unwrap();
+        log.append(&b"b"[..]).unwrap();
+        log.close().unwrap();
+        assert!(matches!(log.append(&b"c"[..]), Err(Error::Closed)));
+        assert_eq!(f.read_file(&index_name(0)).len(), 32 + 2 * 8, "[{}]", f.name);
+    }
+}
+
+#[test]
+fn durable_offset_covers_every_acknowledged_append_with_durability_always() {
+    for f in fixtures(|c| c.durability = ringlog_engine::Durability::Always) {
+        let log = Arc::new(f.open());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        let offset = log.append(value(t * 100 + i, 100)).unwrap();
+                        assert!(log.durable_offset() > offset, "acknowledged before durable");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(log.stats().syncs >= 1);
+        assert!(log.stats().syncs < 400, "[{}] syncs are group commits", f.name);
+    }
+}
+
+#[test]
+fn config_that_cannot_work_is_rejected_with_the_setting_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = |config: Config| match Log::open(dir.path(), config) {
+        Err(Error::InvalidConfig(why)) => why,
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    };
+    assert!(bad(Config { index_bytes_max: 39, ..Config::default() }).contains("index_bytes_max"));
+    assert!(bad(Config { store_bytes_max: 100, ..Config::default() }).contains("store_bytes_max"));
+    assert!(bad(Config { store_bytes_max: 1 << 33, ..Config::default() }).contains("store_bytes_max"));
+}
