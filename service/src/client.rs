@@ -189,16 +189,17 @@ fn escape(value: &[u8]) -> String {
     text
 }
 
-/// A status as an error line: code, message, and the localized message when it differs.
+/// A status as an error line: its code and message, and where the log starts when the
+/// offset was dropped by retention.
 fn describe(status: Status) -> anyhow::Error {
-    if status.code() == Code::OutOfRange {
-        if let Some(info) = status.get_details_error_info() {
-            if let Some(lowest) = info.metadata.get("lowest") {
-                return anyhow::anyhow!("{} (the lowest retained offset is {lowest})", status.message());
-            }
-        }
+    let lowest = (status.code() == Code::OutOfRange)
+        .then(|| status.get_details_error_info())
+        .flatten()
+        .and_then(|info| info.metadata.get("lowest").cloned());
+    match lowest {
+        Some(lowest) => anyhow::anyhow!("{} (the lowest retained offset is {lowest})", status.message()),
+        None => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
     }
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
 #[cfg(test)]
