@@ -1,0 +1,40 @@
+//! A fixed append workload to profile with `perf record` or to try settings quickly
+//! (criterion's groups are in `benches/`). Usage:
+//! `append_profile BACKEND SIZE RECORDS BATCH BATCH_BYTES_MAX DURABILITY APPENDERS WINDOW`
+//! with BACKEND `pwrite|io_uring` and DURABILITY `none|always`; every argument is optional.
+use bytes::Bytes;
+use ringlog_benches::drive_engine;
+use ringlog_engine::{Backend, Config, Durability, Log};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let backend = match args.get(1).map(String::as_str) {
+        Some("io_uring") => Backend::IoUring,
+        _ => Backend::Pwrite,
+    };
+    let arg = |i: usize, default: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    let (size, records, batch) = (arg(2, 100) as usize, arg(3, 2_000_000), arg(4, 1) as usize);
+    let batch_bytes_max = arg(5, Config::default().batch_bytes_max as u64) as usize;
+    let durability = match args.get(6).map(String::as_str) {
+        Some("always") => Durability::Always,
+        _ => Durability::None,
+    };
+    let (appenders, window) = (arg(7, 1) as usize, arg(8, 256) as usize);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config { backend, batch_bytes_max, durability, ..Config::default() };
+    let log = Log::open(dir.path(), config).expect("open");
+    let value = Bytes::from(vec![1u8; size]);
+    let start = std::time::Instant::now();
+    drive_engine(&log, appenders, window, batch, records, &value);
+    let secs = start.elapsed().as_secs_f64();
+    let stats = log.stats();
+    println!(
+        "{records} records of {size} B, batches of {batch}, {appenders} appenders x {window} in flight: \
+         {:.0} records/s, {:.1} MB/s, {} writes, {} syncs ({:.2} ms each)",
+        records as f64 / secs,
+        records as f64 * size as f64 / secs / 1e6,
+        stats.writes,
+        stats.syncs,
+        stats.sync_nanos as f64 / stats.syncs.max(1) as f64 / 1e6,
+    );
+}
