@@ -1,0 +1,127 @@
+//! The command line: `serve`, the client subcommands, and how errors are reported.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, error::ContextKind};
+use ringlog_engine::Log;
+use ringlog_service::{
+    Server,
+    config::{ConfigError, ServeOptions},
+};
+use tracing_subscriber::EnvFilter;
+
+use crate::{bench, client};
+
+/// A durable, segmented commit log served over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "ringlog", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a log over gRPC (log.v1, health, reflection) until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Append values (the arguments, or one per stdin line) and print their offsets.
+    Produce(client::ProduceArgs),
+    /// Print records as `offset<TAB>value`, from an offset on.
+    Consume(client::ConsumeArgs),
+    /// Measure a server's Produce, ProduceStream and ConsumeStream rates.
+    #[command(hide = true)]
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// A TOML file of settings (keys are the flags' names); flags and environment win over it
+    #[arg(long, env = "RINGLOG_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    options: ServeOptions,
+}
+
+/// Parses the command line. Help and version are printed here; a usage error is printed as
+/// one line naming the setting, and its exit code returned.
+pub fn parse() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|error| {
+        use clap::error::ErrorKind;
+        if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+            || matches!(error.kind(), ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand)
+        {
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
+        }
+        let rendered = error.render().to_string();
+        let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+        let mut line = format!("ringlog: {first}");
+        if let Some(clap::error::ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue) {
+            line.push_str(&format!(" (expected one of: {})", valid.join(", ")));
+        }
+        eprintln!("{line}");
+        ExitCode::from(2)
+    })
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Produce(args) => runtime()?.block_on(client::produce(args)),
+        Command::Consume(args) => runtime()?.block_on(client::consume(args)),
+        Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => ServeOptions::from_file(path)?,
+        None => ServeOptions::default(),
+    };
+    let config = args.options.or(file).resolve()?;
+    let filter = EnvFilter::try_new(&config.log_level).map_err(|e| ConfigError::Invalid {
+        setting: "log-level".into(),
+        reason: format!("`{}`: {e}", config.log_level),
+    })?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+
+    let log = Log::open(&config.data_dir, config.engine_config())
+        .with_context(|| format!("opening the log in {}", config.data_dir.display()))?;
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("listening on {} (setting `addr`)", config.addr))?;
+        Server::new(log).serve(listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,43 @@
+//! ringlog's gRPC service: the `log.v1.Log` API over a [`ringlog_engine::Log`], with
+//! `grpc.health.v1` health checks and server reflection, and the configuration of the
+//! `ringlog` binary.
+//!
+//! The wire API is `proto/log/v1/log.proto`, compatible with the book's `log.v1`: Produce,
+//! Consume, ConsumeStream (follows the tail) and ProduceStream (pipelined), with batching
+//! through added fields. Engine errors map to gRPC statuses in one place (the `status`
+//! module); see the proto for the codes.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use ringlog_engine::{Config, Log};
+//! use ringlog_service::{Server, proto::{ConsumeRequest, ProduceRequest, Record, log_client::LogClient}};
+//!
+//! let log = Log::open("./ringlog-data", Config::default())?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(Server::new(log).serve(listener, async { let _ = stopped.await; }));
+//!
+//! let mut client = LogClient::connect(format!("http://{addr}")).await?;
+//! let record = Record { value: "hello".into(), ..Record::default() };
+//! let offset = client.produce(ProduceRequest { record: Some(record), ..Default::default() }).await?.into_inner().offset;
+//! let read = client.consume(ConsumeRequest { offset, ..Default::default() }).await?.into_inner();
+//! assert_eq!(read.record.unwrap().value, "hello");
+//!
+//! let _ = stop.send(());
+//! server.await??; // graceful: in-flight calls finish, then the log is closed
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod codec;
+pub mod config;
+pub mod proto;
+mod server;
+mod service;
+mod status;
+
+pub use server::{ServeError, Server};
+pub use service::{Limits, message_bytes_max};
+pub use status::{DOMAIN, LOCALE, REASON_OUT_OF_RANGE};

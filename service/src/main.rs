@@ -1,0 +1,26 @@
+//! `ringlog`: serve a log over gRPC, or talk to one.
+//!
+//! `ringlog serve` runs the server; `ringlog produce` and `ringlog consume` are a small
+//! client for people and scripts. See `ringlog --help`.
+
+#![forbid(unsafe_code)]
+
+mod bench;
+mod cli;
+mod client;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let command = match cli::parse() {
+        Ok(command) => command,
+        Err(code) => return code,
+    };
+    match cli::run(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ringlog: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The `log.v1.Log` RPCs over a [`Log`].
+//!
+//! Appends never block the runtime: a request's records are handed to the engine's
+//! appender with [`Log::submit`] and the ticket is awaited. Reads are short `pread`s of
+//! published records and run inline. Followers wait with [`Log::wait_for`], which the
+//! appender wakes; nothing here polls.
+//!
+//! Every stream is bounded. ConsumeStream produces its next message only when the
+//! transport asks for it, which it does only when HTTP/2 flow control lets the previous one
+//! go out, so a slow consumer holds at most one message in memory. ProduceStream keeps at
+//! most [`Limits::produce_in_flight_max`] requests (and about
+//! [`Limits::produce_in_flight_bytes_max`] bytes) appended but not yet answered; past that it
+//! stops reading, which pushes back on the client through flow control.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, stream::FuturesOrdered};
+use ringlog_engine::{Log, Record as EngineRecord};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+use crate::{
+    proto::{
+        ConsumeRequest, ConsumeResponse, ProduceRequest, ProduceResponse, Record, log_server::Log as LogRpc,
+    },
+    status,
+};
+
+/// Bytes a gRPC message may carry beyond its records' values (framing, offsets, fields).
+const MESSAGE_OVERHEAD_BYTES: usize = 64 << 10;
+/// The largest batch of records a produce request may carry, in value bytes (when the
+/// record limit is smaller).
+const BATCH_BYTES_MIN: usize = 4 << 20;
+
+/// The largest gRPC message (in either direction) for a log whose records are at most
+/// `record_bytes_max` bytes: room for one full record, or a 4 MiB batch of small ones.
+pub fn message_bytes_max(record_bytes_max: u32) -> usize {
+    (record_bytes_max as usize).max(BATCH_BYTES_MIN) + MESSAGE_OVERHEAD_BYTES
+}
+
+/// The bounds the service keeps to.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The log's `record_bytes_max`: larger records are `INVALID_ARGUMENT`.
+    pub record_bytes_max: u32,
+    /// Most records in one ConsumeResponse (`max_records` is capped at this).
+    pub consume_records_max: usize,
+    /// Most frame bytes read for one batched ConsumeResponse (one record is always sent).
+    pub consume_bytes_max: usize,
+    /// Most requests of one ProduceStream appended but not yet answered.
+    pub produce_in_flight_max: usize,
+    /// Most value bytes of one ProduceStream appended but not yet answered (one request is
+    /// always let through).
+    pub produce_in_flight_bytes_max: usize,
+}
+
+impl Limits {
+    /// The limits for `log`.
+    pub fn for_log(log: &Log) -> Limits {
+        let record_bytes_max = log.config().record_bytes_max;
+        Limits {
+            record_bytes_max,
+            consume_records_max: 1000,
+            consume_bytes_max: message_bytes_max(record_bytes_max) - MESSAGE_OVERHEAD_BYTES,
+            produce_in_flight_max: 1024,
+            produce_in_flight_bytes_max: 16 << 20,
+        }
+    }
+}
+
+/// The `log.v1.Log` service.
+#[derive(Clone, Debug)]
+pub(crate) struct LogService {
+    log: Log,
+    limits: Limits,
+    /// Turns `true` when the server starts shutting down: streams stop taking new work.
+    stop: watch::Receiver<bool>,
+}
+
+impl LogService {
+    pub(crate) fn new(log: Log, stop: watch::Receiver<bool>) -> Self {
+        let limits = Limits::for_log(&log);
+        LogService { log, limits, stop }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl LogRpc for LogService {
+    async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+        let values = values(request.into_inner(), self.limits.record_bytes_max)?;
+        let count = values.len() as u64;
+        let ticket = self.log.submit(values).map_err(|e| status::from_engine(&e))?;
+        let offset = ticket.await.map_err(|e| status::from_engine(&e))?;
+        Ok(Response::new(ProduceResponse { offset, count }))
+    }
+
+    async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
+        let request = request.into_inner();
+        let (response, _) = read(&self.log, &self.limits, request.offset, request.max_records)?;
+        Ok(Response::new(response))
+    }
+
+    type ConsumeStreamStream = BoxStream<ConsumeResponse>;
+
+    async fn consume_stream(
+        &self,
+        request: Request<ConsumeRequest>,
+    ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+        let request = request.into_inner();
+        let lowest = self.log.lowest_offset();
+        if request.offset < lowest {
+            return Err(status::from_engine(&ringlog_engine::Error::OffsetBelowLowest {
+                offset: request.offset,
+                lowest,
+            }));
+        }
+        debug!(offset = request.offset, max_records = request.max_records, "consumer follows");
+        let follower = Follower {
+            log: self.log.clone(),
+            limits: self.limits,
+            stop: self.stop.clone(),
+            next: request.offset,
+            max_records: request.max_records,
+            done: false,
+        };
+        let stream = futures_util::stream::unfold(follower, |mut follower| async move {
+            let message = follower.next_message().await?;
+            Some((message, follower))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type ProduceStreamStream = BoxStream<ProduceResponse>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        // Answers wait here for the transport; a full channel stops the pump from reading.
+        let (answers, rx) = mpsc::channel(64);
+        let pump = ProducePump {
+            log: self.log.clone(),
+            limits: self.limits,
+            stop: self.stop.clone(),
+            requests: request.into_inner(),
+            answers,
+        };
+        tokio::spawn(pump.run());
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The values of a produce request's records, checked against the size limit; nothing is
+/// appended unless every record passes.
+fn values(request: ProduceRequest, record_bytes_max: u32) -> Result<Vec<Bytes>, Status> {
+    let mut values = Vec::with_capacity(usize::from(request.record.is_some()) + request.records.len());
+    let check = |field: &dyn Fn() -> String, value: &Bytes| {
+        if value.len() > record_bytes_max as usize {
+            return Err(status::record_too_large(&field(), value.len(), record_bytes_max));
+        }
+        Ok(())
+    };
+    if let Some(record) = request.record {
+        check(&|| "record.value".to_owned(), &record.value)?;
+        values.push(record.value);
+    }
+    for (i, record) in request.records.into_iter().enumerate() {
+        check(&|| format!("records[{i}].value"), &record.value)?;
+        values.push(record.value);
+    }
+    if values.is_empty() {
+        return Err(status::missing_record());
+    }
+    Ok(values)
+}
+
+/// Reads the response to a ConsumeRequest at `offset`; returns it and its record count.
+fn read(log: &Log, limits: &Limits, offset: u64, max_records: u64) -> Result<(ConsumeResponse, u64), Status> {
+    let engine = |e: ringlog_engine::Error| status::from_engine(&e);
+    if max_records <= 1 {
+        let record = log.read(offset).map_err(engine)?;
+        return Ok((ConsumeResponse { record: Some(to_proto(record)), records: Vec::new() }, 1));
+    }
+    let max_records = usize::try_from(max_records).unwrap_or(usize::MAX).min(limits.consume_records_max);
+    let records = log.read_from(offset, max_records, limits.consume_bytes_max).map_err(engine)?;
+    let count = records.len() as u64;
+    Ok((ConsumeResponse { record: None, records: records.into_iter().map(to_proto).collect() }, count))
+}
+
+fn to_proto(record: EngineRecord) -> Record {
+    Record { value: record.value, offset: record.offset, timestamp_ms: record.timestamp_ms }
+}
+
+/// Resolves once the server is shutting down (or has gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// One ConsumeStream: reads from `next` on, waiting at the end of the log.
+struct Follower {
+    log: Log,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+    next: u64,
+    max_records: u64,
+    done: bool,
+}
+
+impl Follower {
+    /// The next message of the stream, `None` after the last one.
+    async fn next_message(&mut self) -> Option<Result<ConsumeResponse, Status>> {
+        if self.done {
+            return None;
+        }
+        let message = self.read_next().await;
+        self.done = message.is_err();
+        Some(message)
+    }
+
+    async fn read_next(&mut self) -> Result<ConsumeResponse, Status> {
+        if *self.stop.borrow() {
+            return Err(status::shutting_down());
+        }
+        if self.log.next_offset() <= self.next {
+            tokio::select! {
+                biased;
+                () = stopping(&mut self.stop) => return Err(status::shutting_down()),
+                waited = self.log.wait_for(self.next) => {
+                    waited.map_err(|e| status::from_engine(&e))?;
+                }
+            }
+        }
+        let (response, count) = read(&self.log, &self.limits, self.next, self.max_records)?;
+        self.next += count;
+        Ok(response)
+    }
+}
+
+/// One ProduceStream: reads requests, appends them, answers in order.
+struct ProducePump {
+    log: Log,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+    requests: Streaming<ProduceRequest>,
+    answers: mpsc::Sender<Result<ProduceResponse, Status>>,
+}
+
+impl ProducePump {
+    async fn run(mut self) {
+        let mut pending = FuturesOrdered::new();
+        let mut pending_bytes = 0usize;
+        let mut reading = true;
+        // How the stream ends once every pending append is answered: OK when `None`.
+        let mut end: Option<Status> = None;
+        loop {
+            if !reading && pending.is_empty() {
+                break;
+            }
+            let room = pending.len() < self.limits.produce_in_flight_max
+                && pending_bytes < self.limits.produce_in_flight_bytes_max;
+            tokio::select! {
+                biased;
+                Some((appended, bytes)) = pending.next(), if !pending.is_empty() => {
+                    pending_bytes -= bytes;
+                    let appended: ringlog_engine::Result<ProduceResponse> = appended;
+                    let answer = appended.map_err(|e| status::from_engine(&e));
+                    let failed = answer.is_err();
+                    if self.answers.send(answer).await.is_err() || failed {
+                        // The client went away, or an append failed and its status ends the
+                        // stream (later in-flight appends are not answered).
+                        return;
+                    }
+                }
+                () = stopping(&mut self.stop), if reading => {
+                    reading = false;
+                    end = Some(status::shutting_down());
+                }
+                message = self.requests.message(), if reading && room => match message {
+                    Ok(Some(request)) => match self.submit(request) {
+                        Ok((append, bytes)) => {
+                            pending_bytes += bytes;
+                            pending.push_back(append);
+                        }
+                        Err(status) => {
+                            reading = false;
+                            end = Some(status);
+                        }
+                    },
+                    // The client half-closed: answer what is pending, then end with OK.
+                    Ok(None) => reading = false,
+                    Err(status) => {
+                        reading = false;
+                        end = Some(status);
+                    }
+                },
+            }
+        }
+        if let Some(status) = end {
+            debug!(code = ?status.code(), message = status.message(), "produce stream ends");
+            let _ = self.answers.send(Err(status)).await;
+        }
+    }
+
+    /// Checks and submits one request; returns the append and its value bytes.
+    fn submit(
+        &self,
+        request: ProduceRequest,
+    ) -> Result<(impl Future<Output = (ringlog_engine::Result<ProduceResponse>, usize)> + use<>, usize), Status>
+    {
+        let values = values(request, self.limits.record_bytes_max)?;
+        let count = values.len() as u64;
+        let bytes = values.iter().map(Bytes::len).sum();
+        let ticket = self.log.submit(values).map_err(|e| status::from_engine(&e))?;
+        let append = async move { (ticket.await.map(|offset| ProduceResponse { offset, count }), bytes) };
+        Ok((append, bytes))
+    }
+}

@@ -1,0 +1,144 @@
+//! The `ringlog` binary end to end: serve, produce, consume, SIGTERM, restart, bad config.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+};
+
+const RINGLOG: &str = env!("CARGO_BIN_EXE_ringlog");
+
+struct Serving {
+    child: Child,
+    addr: String,
+}
+
+/// Starts `ringlog serve` on a free loopback port and reads the address it logs.
+fn serve(dir: &Path) -> Serving {
+    let mut child = Command::new(RINGLOG)
+        .args(["serve", "--addr", "127.0.0.1:0", "--backend", "pwrite", "--durability", "always"])
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("RINGLOG_ADDR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringlog serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    // Keeps draining stderr so that the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = rx
+        .iter()
+        .find_map(|line| {
+            let line = line.contains("serving").then_some(line)?;
+            let at = line.find("addr=")? + "addr=".len();
+            Some(line[at..].split_whitespace().next()?.to_owned())
+        })
+        .expect("the server logs its address");
+    Serving { child, addr }
+}
+
+impl Serving {
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(RINGLOG)
+            .args(args)
+            .args(["--addr", &self.addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    fn stdout(&self, args: &[&str], stdin: Option<&str>) -> String {
+        String::from_utf8(self.run(args, stdin).stdout).unwrap()
+    }
+
+    /// SIGTERM, and the exit status must be success.
+    fn terminate(mut self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "ringlog serve exited with {exit}");
+    }
+}
+
+#[test]
+fn serve_produce_consume_terminate_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    assert_eq!(server.stdout(&["produce", "one", "two", "three"], None), "0\n1\n2\n");
+    assert_eq!(server.stdout(&["produce"], Some("four\nfive with\ttab\n")), "3\n4\n");
+    assert_eq!(
+        server.stdout(&["consume", "--from", "0"], None),
+        "0\tone\n1\ttwo\n2\tthree\n3\tfour\n4\tfive with\\ttab\n"
+    );
+    assert_eq!(
+        server.stdout(&["consume", "--from", "1", "--count", "2", "--format", "base64"], None),
+        "1\tdHdv\n2\tdGhyZWU=\n"
+    );
+    assert_eq!(
+        server.stdout(&["consume", "--from", "3", "--count", "1", "--format", "raw"], None),
+        "3\tfour\n"
+    );
+    assert_eq!(
+        server.stdout(&["consume", "--from", "4", "--count", "1", "--follow"], None),
+        "4\tfive with\\ttab\n"
+    );
+    assert_eq!(server.stdout(&["consume", "--from", "5"], None), "", "the end of the log is not an error");
+    server.terminate();
+
+    let server = serve(dir.path());
+    assert_eq!(server.stdout(&["produce", "six"], None), "5\n", "a restart continues at the next offset");
+    assert_eq!(server.stdout(&["consume", "--from", "0", "--count", "1"], None), "0\tone\n");
+    server.terminate();
+}
+
+fn serve_fails(args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(RINGLOG)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{args:?} should fail");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    stderr
+}
+
+#[test]
+fn bad_settings_get_one_line_naming_the_setting() {
+    let error = serve_fails(&["--durability", "sometimes"], &[]);
+    assert!(error.contains("--durability") && error.contains("always"), "{error}");
+    let error = serve_fails(&[], &[("RINGLOG_MAX_RECORD_BYTES", "0")]);
+    assert!(error.contains("max-record-bytes"), "{error}");
+    let error = serve_fails(&[], &[("RINGLOG_ADDR", "nowhere")]);
+    assert!(error.contains("--addr"), "{error}");
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "segment-bytes = 100\n").unwrap();
+    let error = serve_fails(&["--config", file.path().to_str().unwrap()], &[]);
+    assert!(error.contains("segment-bytes"), "{error}");
+    std::fs::write(file.path(), "colour = \"blue\"\n").unwrap();
+    let error = serve_fails(&["--config", file.path().to_str().unwrap()], &[]);
+    assert!(error.contains("colour"), "{error}");
+}
