@@ -31,7 +31,7 @@ use bytes::Bytes;
 use tracing::{error, warn};
 
 use crate::{
-    config::Durability,
+    config::{Durability, OFFSET_LIMIT},
     error::{Error, Result},
     index,
     io::DiskFile,
@@ -156,10 +156,14 @@ impl Appender {
         let mut outcome = Ok(());
         for request in requests.by_ref() {
             let first = self.next;
+            let entries = request.values.len() as u32;
+            if first + u64::from(entries) > OFFSET_LIMIT {
+                let _ = request.done.send(Err(Error::OffsetsExhausted { next: first, limit: OFFSET_LIMIT }));
+                continue;
+            }
             // A request never spans segments (`Log::submit` bounds its size), so it is
             // visible whole or not at all.
             let bytes: u64 = request.values.iter().map(|v| record::frame_len(v.len()) as u64).sum();
-            let entries = request.values.len() as u32;
             let end = segment.size() + self.buf.len() as u64 + bytes;
             if end > self.shared.config.store_bytes_max || pending + entries > segment.index.room() {
                 match self.write(&segment, pending).and_then(|()| self.roll(&segment)) {

@@ -73,6 +73,9 @@ fn mutated(input: &mut Cursor) -> (SimDisk, Option<Vec<Bytes>>) {
             break; // the input ran out
         }
         let paths = disk.paths();
+        if paths.is_empty() {
+            break;
+        }
         let path = &paths[file as usize % paths.len()];
         let mut bytes = disk.read_file(path).expect("listed file");
         match op % 4 {
