@@ -94,6 +94,16 @@ pub(crate) fn recover(
         }
     }
 
+    // A cut (with `OnCorruption::Truncate`) that dropped the segments after it leaves a
+    // last segment that was recovered as a sealed one, its trusted index prefix unscanned:
+    // recover it again as the active segment, scanned from its first frame, or corruption
+    // in that prefix would be cut on the next open, with the records appended since.
+    if let Some(last) = segments.last().filter(|s| Some(&s.base()) != bases.last()) {
+        let base = last.base();
+        segments.pop();
+        let (segment, _) = recover_segment(disk, dir, base, true, capacity, config, &mut report)?;
+        segments.push(Arc::new(segment));
+    }
     if segments.is_empty() {
         let base = config.initial_offset;
         segments.push(Arc::new(Segment::create(disk, dir, base, capacity)?));

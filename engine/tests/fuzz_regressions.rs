@@ -79,3 +79,33 @@ fn appends_stop_cleanly_at_the_end_of_the_offset_space() {
     assert_eq!(log.next_offset(), i64::MAX as u64);
     assert_eq!(log.read(last + 2).unwrap().value, &b"c"[..]);
 }
+
+/// segment_recovery: with `OnCorruption::Truncate`, a corrupt later segment was dropped and
+/// the segment before it became the active one, but it had been recovered as a sealed one,
+/// so a corrupt frame under its trusted index survived the open. The next open scanned it
+/// as the active segment and cut it there, losing the records appended in between.
+#[test]
+fn the_segment_left_last_by_a_truncating_cut_is_scanned_like_an_active_one() {
+    let disk = SimDisk::new();
+    let log = Log::open(DIR, config(&disk)).unwrap();
+    for i in 0..12u8 {
+        log.append(vec![i; 10]).unwrap(); // 5 records a segment: segments 0, 5 and 10
+    }
+    log.close().unwrap();
+    let store = |base: u64| Path::new(DIR).join(format!("{base:020}.store"));
+    let mut middle = disk.read_file(&store(5)).unwrap();
+    middle[32 + 24] ^= 0x10; // the value of record 5, under the index's trusted prefix
+    disk.write_file(&store(5), middle);
+    let mut last = disk.read_file(&store(10)).unwrap();
+    last[3] ^= 1; // the header of segment 10: the segment is dropped
+    disk.write_file(&store(10), last);
+
+    let config = Config { on_corruption: OnCorruption::Truncate, ..config(&disk) };
+    let log = Log::open(DIR, config.clone()).unwrap();
+    assert_eq!(log.next_offset(), 5, "the log is cut at the corrupt record");
+    assert_eq!(log.append(&b"new"[..]).unwrap(), 5);
+    log.close().unwrap();
+    let log = Log::open(DIR, config).unwrap();
+    assert_eq!(log.next_offset(), 6, "the record appended after the cut survives");
+    assert_eq!(log.read(5).unwrap().value, &b"new"[..]);
+}

@@ -26,7 +26,8 @@ fn main() {
         }
     }
 
-    let images: [&[u8]; 4] = [&[], &[3], &[10, 0, 47, 20, 5, 9, 30], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]];
+    let images: [&[u8]; 4] =
+        [&[], &[3], &[10, 0, 47, 20, 5, 9, 30], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]];
     for (i, lens) in images.iter().enumerate() {
         let (disk, _) = image(lens);
         let bases = bases(&disk);
@@ -60,9 +61,10 @@ fn main() {
     }
 
     // log_model: byte strings decode to op sequences whatever they hold.
-    for (i, seed) in [&b"\x00appends-and-reads-and-crashes"[..], &[1; 64], &[2, 0, 14, 1, 0, 5, 11, 3, 16, 0, 1][..]]
-        .iter()
-        .enumerate()
+    for (i, seed) in
+        [&b"\x00appends-and-reads-and-crashes"[..], &[1; 64], &[2, 0, 14, 1, 0, 5, 11, 3, 16, 0, 1][..]]
+            .iter()
+            .enumerate()
     {
         write("log_model", &format!("ops-{i}"), seed);
     }

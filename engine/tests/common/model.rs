@@ -198,4 +198,3 @@ pub fn run(durability: Durability, ops: Vec<Op>) {
     assert_eq!(offset, model.next());
     check_all(&log, &Model { values: [model.values, vec![Bytes::from_static(b"last")]].concat(), ..model });
 }
-
