@@ -115,10 +115,10 @@ impl Config {
         if index::capacity(self.index_bytes_max) == 0 {
             return fail(format!("index_bytes_max {} cannot hold one index entry", self.index_bytes_max));
         }
-        if let Durability::Interval { interval_ms, bytes } = self.durability {
-            if interval_ms == 0 || bytes == 0 {
-                return fail("durability interval needs interval_ms > 0 and bytes > 0".into());
-            }
+        if let Durability::Interval { interval_ms, bytes } = self.durability
+            && (interval_ms == 0 || bytes == 0)
+        {
+            return fail("durability interval needs interval_ms > 0 and bytes > 0".into());
         }
         if self.batch_bytes_max == 0 {
             return fail("batch_bytes_max must be > 0".into());
