@@ -31,7 +31,7 @@ use bytes::Bytes;
 use tracing::{error, warn};
 
 use crate::{
-    config::Durability,
+    config::{Durability, OFFSET_LIMIT},
     error::{Error, Result},
     index,
     io::{DiskFile, PendingWrite},
@@ -197,10 +197,14 @@ impl Appender {
         let mut failure = None;
         for request in requests.by_ref() {
             let first = self.next;
+            let count = request.values.len() as u32;
+            if first + u64::from(count) > OFFSET_LIMIT {
+                let _ = request.done.send(Err(Error::OffsetsExhausted { next: first, limit: OFFSET_LIMIT }));
+                continue;
+            }
             // A request never spans segments (`Log::submit` bounds its size), so it is
             // visible whole or not at all.
             let bytes: u64 = request.values.iter().map(|v| record::frame_len(v.len()) as u64).sum();
-            let count = request.values.len() as u32;
             let (flight_len, flight_entries) = self.in_flight.as_ref().map_or((0, 0), |f| (f.len, f.entries));
             let end = segment.size() + flight_len + self.buf.len() as u64 + bytes;
             if end > self.shared.config.store_bytes_max

@@ -3,6 +3,11 @@
 
 use crate::{Error, Result, io::SimDisk, record};
 
+/// The end of a log's offset space: `next_offset()` never exceeds it, so the last record a
+/// log can hold has offset `OFFSET_LIMIT - 1`. It is `i64::MAX` (Kafka's range), which
+/// leaves room for `base + entries` of any segment without overflow.
+pub(crate) const OFFSET_LIMIT: u64 = i64::MAX as u64;
+
 /// When an append is acknowledged relative to the data reaching stable storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -57,7 +62,7 @@ pub struct Config {
     /// Largest index file of a segment, header included; the segment rolls when the next
     /// entry would not fit.
     pub index_bytes_max: u64,
-    /// Offset of the first record of a new, empty log.
+    /// Offset of the first record of a new, empty log. At most `i64::MAX`.
     pub initial_offset: u64,
     /// Largest value accepted in one record.
     pub record_bytes_max: u32,
@@ -96,6 +101,9 @@ impl Config {
     pub(crate) fn validate(&self) -> Result<()> {
         use crate::{index, store};
         let fail = |why: String| Err(Error::InvalidConfig(why));
+        if self.initial_offset > OFFSET_LIMIT {
+            return fail(format!("initial_offset {} exceeds {OFFSET_LIMIT}", self.initial_offset));
+        }
         if self.store_bytes_max > u64::from(u32::MAX) {
             return fail(format!("store_bytes_max {} exceeds {}", self.store_bytes_max, u32::MAX));
         }

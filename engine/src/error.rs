@@ -51,6 +51,14 @@ pub enum Error {
         /// Frame bytes one segment's store holds.
         bytes_max: u64,
     },
+    /// The append would take the log past the end of its offset space (`i64::MAX`).
+    #[error("offsets exhausted: the next offset is {next}, and a log's offsets end at {limit}")]
+    OffsetsExhausted {
+        /// The offset the append would have started at.
+        next: u64,
+        /// The end of the offset space.
+        limit: u64,
+    },
     /// A batch append was given no records.
     #[error("a batch must hold at least one record")]
     EmptyBatch,

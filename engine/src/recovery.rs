@@ -24,7 +24,7 @@ use std::{path::Path, sync::Arc};
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, OnCorruption},
+    config::{Config, OFFSET_LIMIT, OnCorruption},
     error::{Error, IoContext, Result},
     index::{self, Index},
     io::{Disk, DiskFile},
@@ -94,6 +94,16 @@ pub(crate) fn recover(
         }
     }
 
+    // A cut (with `OnCorruption::Truncate`) that dropped the segments after it leaves a
+    // last segment that was recovered as a sealed one, its trusted index prefix unscanned:
+    // recover it again as the active segment, scanned from its first frame, or corruption
+    // in that prefix would be cut on the next open, with the records appended since.
+    if let Some(last) = segments.last().filter(|s| Some(&s.base()) != bases.last()) {
+        let base = last.base();
+        segments.pop();
+        let (segment, _) = recover_segment(disk, dir, base, true, capacity, config, &mut report)?;
+        segments.push(Arc::new(segment));
+    }
     if segments.is_empty() {
         let base = config.initial_offset;
         segments.push(Arc::new(Segment::create(disk, dir, base, capacity)?));
@@ -172,6 +182,12 @@ fn recover_segment(
 ) -> Result<(Segment, bool)> {
     let store_path = segment::file_path(dir, base, STORE_EXT);
     let index_path = segment::file_path(dir, base, INDEX_EXT);
+    if base > OFFSET_LIMIT {
+        // Appending there would overflow the offsets (a segment holds < 2^32 records, so
+        // any base up to the limit is safe to add to).
+        let reason = format!("base offset {base} is past the end of a log's offsets ({OFFSET_LIMIT})");
+        return Err(Error::corrupt(&store_path, 0, reason));
+    }
     let store_file = disk.open(&store_path, false).context(|| format!("opening {}", store_path.display()))?;
     let store_len = store_file.len().context(|| format!("opening {}", store_path.display()))?;
     if is_last && store_len < store::HEADER_LEN as u64 {

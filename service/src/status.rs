@@ -34,7 +34,10 @@ pub fn from_engine(error: &Error) -> Status {
         Error::OffsetBelowLowest { offset, lowest } => out_of_range(*offset, "lowest", *lowest),
         Error::RecordTooLarge { len, max } => record_too_large("record.value", *len, *max),
         Error::EmptyBatch => missing_record(),
-        Error::DiskFull { .. } => Status::resource_exhausted(error.to_string()),
+        Error::BatchTooLarge { .. } => Status::invalid_argument(error.to_string()),
+        Error::DiskFull { .. } | Error::OffsetsExhausted { .. } => {
+            Status::resource_exhausted(error.to_string())
+        }
         Error::Poisoned(_) | Error::Closed => Status::unavailable(error.to_string()),
         _ => Status::internal(error.to_string()),
     }
@@ -113,6 +116,11 @@ mod tests {
         let cases = [
             (Error::RecordTooLarge { len: 10, max: 5 }, Code::InvalidArgument),
             (Error::EmptyBatch, Code::InvalidArgument),
+            (
+                Error::BatchTooLarge { records: 9, bytes: 900, records_max: 3, bytes_max: 300 },
+                Code::InvalidArgument,
+            ),
+            (Error::OffsetsExhausted { next: 5, limit: 5 }, Code::ResourceExhausted),
             (Error::DiskFull { path: "s".into(), source: io() }, Code::ResourceExhausted),
             (Error::Poisoned(Arc::from("bad sync")), Code::Unavailable),
             (Error::Closed, Code::Unavailable),

@@ -131,3 +131,4 @@ pub fn store_name(base: u64) -> String {
 pub fn index_name(base: u64) -> String {
     format!("{base:020}.index")
 }
+pub mod model;
