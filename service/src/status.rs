@@ -34,7 +34,7 @@ pub fn from_engine(error: &Error) -> Status {
         Error::OffsetBelowLowest { offset, lowest } => out_of_range(*offset, "lowest", *lowest),
         Error::RecordTooLarge { len, max } => record_too_large("record.value", *len, *max),
         Error::EmptyBatch => missing_record(),
-        Error::BatchTooLarge { .. } => Status::invalid_argument(error.to_string()),
+        Error::BatchTooLarge { .. } => invalid_argument("records", error.to_string()),
         Error::DiskFull { .. } | Error::OffsetsExhausted { .. } => {
             Status::resource_exhausted(error.to_string())
         }
