@@ -11,9 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ringlog_benches::{RawWriter, backends, drive_engine, full_matrix, measurement_time};
+use ringlog_benches::{RawWriter, backends, drive_engine, full_matrix, measurement_time, static_value};
 use ringlog_engine::{Config, Durability, Log};
 
 fn sizes() -> Vec<usize> {
@@ -44,7 +43,7 @@ fn time_engine(config: &Config, iters: u64, drive: impl Fn(&Log)) -> Duration {
 
 fn no_fsync(c: &mut Criterion) {
     for size in sizes() {
-        let value = Bytes::from(vec![0xA5; size]);
+        let value = static_value(size);
         let records = records_for(size);
         let mut group = c.benchmark_group(format!("append_{}_no_fsync", size_name(size)));
         group.throughput(Throughput::Elements(records));
@@ -96,7 +95,7 @@ fn no_fsync(c: &mut Criterion) {
 
 fn fdatasync_before_ack(c: &mut Criterion) {
     for size in sizes() {
-        let value = Bytes::from(vec![0xA5; size]);
+        let value = static_value(size);
         let mut group = c.benchmark_group(format!("append_{}_fdatasync_before_ack", size_name(size)));
         group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(measurement_time());
         let clients_set: &[usize] = if full_matrix() { &[1, 8, 64] } else { &[1, 64] };
@@ -133,7 +132,7 @@ fn fdatasync_before_ack(c: &mut Criterion) {
 
 fn interval_sync(c: &mut Criterion) {
     let size = 1024;
-    let value = Bytes::from(vec![0xA5; size]);
+    let value = static_value(size);
     let records = records_for(size);
     let mut group = c.benchmark_group(format!("append_{}_interval_sync", size_name(size)));
     group.throughput(Throughput::Elements(records));

@@ -2,8 +2,7 @@
 //! (criterion's groups are in `benches/`). Usage:
 //! `append_profile BACKEND SIZE RECORDS BATCH BATCH_BYTES_MAX DURABILITY APPENDERS WINDOW`
 //! with BACKEND `pwrite|io_uring` and DURABILITY `none|always`; every argument is optional.
-use bytes::Bytes;
-use ringlog_benches::drive_engine;
+use ringlog_benches::{drive_engine, static_value};
 use ringlog_engine::{Backend, Config, Durability, Log};
 
 fn main() {
@@ -23,7 +22,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = Config { backend, batch_bytes_max, durability, ..Config::default() };
     let log = Log::open(dir.path(), config).expect("open");
-    let value = Bytes::from(vec![1u8; size]);
+    let value = static_value(size);
     let start = std::time::Instant::now();
     drive_engine(&log, appenders, window, batch, records, &value);
     let secs = start.elapsed().as_secs_f64();

@@ -1,14 +1,14 @@
 //! The record frame: how one record is laid out in a store file.
 //!
 //! ```text
-//! byte  0..4    value_len     u32 LE   length of the value that follows the header
-//! byte  4..8    crc           u32 LE   CRC32C over bytes 0..4 and 8..24+value_len
+//! byte  0..4    crc           u32 LE   CRC32C over bytes 4..24+value_len
+//! byte  4..8    value_len     u32 LE   length of the value that follows the header
 //! byte  8..16   offset        u64 LE   the record's offset in the log
 //! byte 16..24   timestamp_ms  u64 LE   milliseconds since the Unix epoch, set by the appender
 //! byte 24..     value         value_len bytes
 //! ```
 //!
-//! The CRC covers every header field but itself, so a torn header, a torn value, a
+//! The CRC covers every byte after itself (one contiguous run, one CRC call), so a torn header, a torn value, a
 //! zero-filled tail and a flipped bit anywhere all fail to decode. Decoding never panics
 //! and never allocates more than the bytes it was given: a frame is only trusted once its
 //! CRC matches.
@@ -17,8 +17,8 @@ use bytes::Bytes;
 
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 24;
-const LEN_AT: usize = 0;
-const CRC_AT: usize = 4;
+const CRC_AT: usize = 0;
+const LEN_AT: usize = 4;
 const OFFSET_AT: usize = 8;
 const TIMESTAMP_AT: usize = 16;
 
@@ -92,19 +92,24 @@ pub fn frame_len(value_len: usize) -> usize {
 pub fn encode(out: &mut Vec<u8>, offset: u64, timestamp_ms: u64, value: &[u8]) {
     let value_len = u32::try_from(value.len()).expect("record limit is checked before encoding");
     let start = out.len();
-    out.extend_from_slice(&value_len.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&value_len.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
     out.extend_from_slice(&timestamp_ms.to_le_bytes());
     out.extend_from_slice(value);
     let crc = checksum(&out[start..]);
-    out[start + CRC_AT..start + OFFSET_AT].copy_from_slice(&crc.to_le_bytes());
+    out[start + CRC_AT..start + LEN_AT].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// CRC32C of a whole frame, skipping the CRC field itself.
+/// CRC32C of a whole frame: every byte after the CRC field.
 fn checksum(frame: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&frame[LEN_AT..CRC_AT]);
-    crc32c::crc32c_append(crc, &frame[OFFSET_AT..])
+    crc32c::crc32c(&frame[LEN_AT..])
+}
+
+/// The value length a frame header claims, before anything is verified: how many bytes
+/// to read for the whole frame. `header` holds at least [`HEADER_LEN`] bytes.
+pub fn claimed_value_len(header: &[u8]) -> u32 {
+    u32_at(header, LEN_AT)
 }
 
 fn u32_at(buf: &[u8], at: usize) -> u32 {
@@ -209,7 +214,7 @@ mod tests {
     #[test]
     fn huge_length_is_rejected_before_reading_the_value() {
         let mut bad = frame(0, b"x");
-        bad[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        bad[LEN_AT..LEN_AT + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode_header(&bad, 1024), Err(FrameError::TooLarge { value_len: u32::MAX, max: 1024 }));
     }
 }

@@ -264,7 +264,7 @@ fn frame_at(file: &dyn DiskFile, position: u64, store_len: u64) -> Result<record
     if position + record::HEADER_LEN as u64 > store_len || file.read_exact_at(&mut head, position).is_err() {
         return Err("torn frame header".into());
     }
-    let value_len = u64::from(u32::from_le_bytes(head[..4].try_into().expect("4 bytes")));
+    let value_len = u64::from(record::claimed_value_len(&head));
     let frame_len = record::HEADER_LEN as u64 + value_len;
     if position + frame_len > store_len {
         return Err(format!("frame of {frame_len} bytes runs past the end of the store"));
@@ -300,7 +300,7 @@ fn scan(
             return stop(position, format!("torn frame header: {remaining} bytes left"));
         }
         let head = window.get(position, record::HEADER_LEN)?;
-        let value_len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+        let value_len = record::claimed_value_len(head);
         let frame_len = record::frame_len(value_len as usize) as u64;
         if frame_len > remaining {
             return stop(
