@@ -373,3 +373,19 @@ fn config_that_cannot_work_is_rejected_with_the_setting_named() {
     assert!(bad(Config { store_bytes_max: 100, ..Config::default() }).contains("store_bytes_max"));
     assert!(bad(Config { store_bytes_max: 1 << 33, ..Config::default() }).contains("store_bytes_max"));
 }
+
+#[test]
+fn remove_deletes_every_file_and_a_reopen_starts_empty() {
+    // proglog's Reset always fails: it deletes the directory, then lists it.
+    for f in fixtures(|c| c.store_bytes_max = THREE_HELLOS) {
+        let log = f.open();
+        for _ in 0..7 {
+            log.append(&b"hello world"[..]).unwrap();
+        }
+        log.remove().unwrap();
+        assert!(f.file_names().is_empty(), "[{}] left {:?}", f.name, f.file_names());
+        let log = f.open();
+        assert_eq!((log.lowest_offset(), log.next_offset(), log.highest_offset()), (0, 0, None));
+        assert_eq!(log.append(&b"fresh"[..]).unwrap(), 0, "[{}]", f.name);
+    }
+}
