@@ -83,9 +83,9 @@ fn no_fsync(c: &mut Criterion) {
                     time_engine(&config, iters, |log| drive_engine(log, 1, 256, 1, records, &value))
                 })
             });
-            group.bench_function(BenchmarkId::new(name, "batches_of_64"), |b| {
+            group.bench_function(BenchmarkId::new(name, "batches_of_64_x32_in_flight"), |b| {
                 b.iter_custom(|iters| {
-                    time_engine(&config, iters, |log| drive_engine(log, 1, 4, 64, records, &value))
+                    time_engine(&config, iters, |log| drive_engine(log, 1, 32, 64, records, &value))
                 })
             });
         }
