@@ -20,7 +20,8 @@ fn bench(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn produce_stream_against_both_servers_reports_every_record_and_a_ratio() {
-    let report = bench(&["--workload", "produce-stream", "--records", "300", "--connections", "2", "--streams", "2"]);
+    let report =
+        bench(&["--workload", "produce-stream", "--records", "300", "--connections", "2", "--streams", "2"]);
     assert_eq!(report["settings"]["workload"], "produce-stream");
     let runs = report["runs"].as_array().unwrap();
     let servers: Vec<&str> = runs.iter().map(|r| r["server"].as_str().unwrap()).collect();
@@ -36,7 +37,8 @@ fn produce_stream_against_both_servers_reports_every_record_and_a_ratio() {
 
 #[test]
 fn batched_and_consume_workloads_count_records_not_messages() {
-    let report = bench(&["--workload", "produce-batched", "--batch", "10", "--records", "300", "--server", "ringlog"]);
+    let report =
+        bench(&["--workload", "produce-batched", "--batch", "10", "--records", "300", "--server", "ringlog"]);
     assert_eq!(report["runs"][0]["records"], 300);
     assert_eq!(report["runs"][0]["messages"], 30);
 
@@ -50,7 +52,16 @@ fn batched_and_consume_workloads_count_records_not_messages() {
 #[test]
 fn mixed_open_loop_delivers_every_record_to_every_follower() {
     let report = bench(&[
-        "--workload", "mixed", "--records", "300", "--rate", "3000", "--followers", "2", "--server", "ringlog",
+        "--workload",
+        "mixed",
+        "--records",
+        "300",
+        "--rate",
+        "3000",
+        "--followers",
+        "2",
+        "--server",
+        "ringlog",
     ]);
     let run = &report["runs"][0];
     assert_eq!(run["records"], 300);
