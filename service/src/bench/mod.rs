@@ -234,7 +234,7 @@ impl BenchArgs {
         match self.server {
             ServerChoice::Ringlog => vec![Target::Ringlog],
             ServerChoice::Bare => vec![Target::Bare],
-            ServerChoice::Both if repeat % 2 == 0 => vec![Target::Bare, Target::Ringlog],
+            ServerChoice::Both if repeat.is_multiple_of(2) => vec![Target::Bare, Target::Ringlog],
             ServerChoice::Both => vec![Target::Ringlog, Target::Bare],
         }
     }
