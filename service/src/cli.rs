@@ -29,9 +29,10 @@ enum Command {
     Produce(client::ProduceArgs),
     /// Print records as `offset<TAB>value`, from an offset on.
     Consume(client::ConsumeArgs),
-    /// Measure a server's Produce, ProduceStream and ConsumeStream rates.
-    #[command(hide = true)]
+    /// Load-test a server (or in-process ringlog and bare tonic): records/s, MB/s, latency.
     Bench(bench::BenchArgs),
+    /// Serve log.v1 with no storage: the bare tonic baseline that `bench` compares with.
+    BenchServer(bench::BenchServerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,7 +72,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Produce(args) => runtime()?.block_on(client::produce(args)),
         Command::Consume(args) => runtime()?.block_on(client::consume(args)),
-        Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+        Command::Bench(args) => bench::run(args),
+        Command::BenchServer(args) => runtime()?.block_on(bench::run_server(args, shutdown_signal())),
     }
 }
 

@@ -7,12 +7,13 @@
 //!
 //! Every stream is bounded. ConsumeStream produces its next message only when the
 //! transport asks for it, which it does only when HTTP/2 flow control lets the previous one
-//! go out, so a slow consumer holds at most one message in memory. ProduceStream keeps at
+//! go out, so a slow consumer holds at most one message in memory (plus, when it asked for one record
+//! per message, up to 64 KiB of records read ahead with one `pread`). ProduceStream keeps at
 //! most [`Limits::produce_in_flight_max`] requests (and about
 //! [`Limits::produce_in_flight_bytes_max`] bytes) appended but not yet answered; past that it
 //! stops reading, which pushes back on the client through flow control.
 
-use std::pin::Pin;
+use std::{collections::VecDeque, pin::Pin};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream::FuturesOrdered};
@@ -31,6 +32,11 @@ use crate::{
 
 /// Bytes a gRPC message may carry beyond its records' values (framing, offsets, fields).
 const MESSAGE_OVERHEAD_BYTES: usize = 64 << 10;
+/// A follower sending one record per message reads up to this many records ahead with one
+/// `pread` (and at most [`READ_AHEAD_BYTES`] of frames), instead of one `pread` per record.
+const READ_AHEAD_RECORDS: usize = 256;
+/// Frame bytes of a follower's read-ahead: what a slow one-record-per-message consumer holds.
+const READ_AHEAD_BYTES: usize = 64 << 10;
 /// The largest batch of records a produce request may carry, in value bytes (when the
 /// record limit is smaller).
 const BATCH_BYTES_MIN: usize = 4 << 20;
@@ -126,6 +132,7 @@ impl LogRpc for LogService {
             stop: self.stop.clone(),
             next: request.offset,
             max_records: request.max_records,
+            ahead: VecDeque::new(),
             done: false,
         };
         let stream = futures_util::stream::unfold(follower, |mut follower| async move {
@@ -208,6 +215,8 @@ struct Follower {
     stop: watch::Receiver<bool>,
     next: u64,
     max_records: u64,
+    /// Records read but not sent yet (one-record-per-message streams only), from `next` on.
+    ahead: VecDeque<EngineRecord>,
     done: bool,
 }
 
@@ -226,6 +235,12 @@ impl Follower {
         if *self.stop.borrow() {
             return Err(status::shutting_down());
         }
+        if self.max_records <= 1
+            && let Some(record) = self.ahead.pop_front()
+        {
+            self.next += 1;
+            return Ok(ConsumeResponse { record: Some(to_proto(record)), records: Vec::new() });
+        }
         if self.log.next_offset() <= self.next {
             tokio::select! {
                 biased;
@@ -234,6 +249,16 @@ impl Follower {
                     waited.map_err(|e| status::from_engine(&e))?;
                 }
             }
+        }
+        if self.max_records <= 1 {
+            // One pread for the records already published, sent one per message.
+            let engine = |e: ringlog_engine::Error| status::from_engine(&e);
+            let records =
+                self.log.read_from(self.next, READ_AHEAD_RECORDS, READ_AHEAD_BYTES).map_err(engine)?;
+            self.ahead.extend(records);
+            let record = self.ahead.pop_front().expect("read_from returns at least one record");
+            self.next += 1;
+            return Ok(ConsumeResponse { record: Some(to_proto(record)), records: Vec::new() });
         }
         let (response, count) = read(&self.log, &self.limits, self.next, self.max_records)?;
         self.next += count;
@@ -257,6 +282,11 @@ impl ProducePump {
         let mut reading = true;
         // How the stream ends once every pending append is answered: OK when `None`.
         let mut end: Option<Status> = None;
+        // One shutdown watcher for the whole stream: making a new one on every turn of the
+        // loop registered and dropped a waiter per request (a tenth of the pump's time).
+        let mut stop = self.stop.clone();
+        let shutdown = async move { stopping(&mut stop).await };
+        tokio::pin!(shutdown);
         loop {
             if !reading && pending.is_empty() {
                 break;
@@ -276,7 +306,7 @@ impl ProducePump {
                         return;
                     }
                 }
-                () = stopping(&mut self.stop), if reading => {
+                () = &mut shutdown, if reading => {
                     reading = false;
                     end = Some(status::shutting_down());
                 }

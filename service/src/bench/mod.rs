@@ -1,0 +1,610 @@
+//! `ringlog bench`: the end-to-end load generator, and `ringlog bench-server --bare`.
+//!
+//! A run measures one workload against one or more servers: a running one (`--addr`), or
+//! servers it starts itself in this process on `127.0.0.1:0` (`--server ringlog|bare|both`):
+//! ringlog over a fresh log in a temporary directory, and the bare tonic server of
+//! [`bare`] (same proto, no storage). With `both`, the two alternate `--repeat` times and
+//! the run prints ringlog's records/s as a ratio to bare tonic's, per repetition, so every
+//! ratio comes from one run on one machine. Each server runs on a tokio runtime of its own,
+//! as a separate process would; client and server share the machine's cores.
+//!
+//! Workloads: Produce (unary), ProduceStream (one record per message, or batched),
+//! ConsumeStream (reading a prefilled log), and mixed (producers and followers of the tail
+//! at once: append-to-delivery latency). Closed loop by default (each worker sends as fast as
+//! it is let); `--rate` makes it open loop (see [`schedule`]).
+
+mod bare;
+mod load;
+mod report;
+mod schedule;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ringlog_engine::{Backend, Config, Durability, Log};
+use ringlog_service::{
+    Server,
+    config::{BackendKind, DurabilityMode},
+};
+use serde::Serialize;
+use tokio::{sync::watch, task::JoinSet};
+
+pub use bare::{BenchServerArgs, run_server};
+use load::{Shape, Tally};
+use report::{Ratio, Report, Run};
+use schedule::{Limit, now_ns};
+
+/// What a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Unary Produce, one record per call; each worker waits for its answer
+    ProduceUnary,
+    /// ProduceStream, one record per message (the original API), pipelined
+    ProduceStream,
+    /// ProduceStream with `--batch` records per message (the `records` field)
+    ProduceBatched,
+    /// ConsumeStream reading a prefilled log from its start (`--batch` is `max_records`)
+    ConsumeStream,
+    /// ProduceStream producers and `--followers` ConsumeStream followers of the tail at once
+    Mixed,
+}
+
+/// Which servers `ringlog bench` starts in this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerChoice {
+    /// ringlog over a log in a fresh temporary directory
+    Ringlog,
+    /// The bare tonic server (no storage)
+    Bare,
+    /// Both, alternating, and their ratio
+    Both,
+}
+
+/// Arguments of `ringlog bench`.
+#[derive(Clone, Debug, clap::Args, Serialize)]
+pub struct BenchArgs {
+    /// What to measure
+    #[arg(long, value_enum, default_value_t = Workload::ProduceStream)]
+    workload: Workload,
+    /// Measure a running server at this address instead of starting servers in-process
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+    /// Servers to start in this process on 127.0.0.1:0 (ignored with --addr)
+    #[arg(long, value_enum, default_value_t = ServerChoice::Both)]
+    server: ServerChoice,
+    /// HTTP/2 connections
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Concurrent RPC streams (or unary callers) per connection
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Bytes per record value (at least 8 to carry the send time)
+    #[arg(long, default_value_t = 100)]
+    record_bytes: usize,
+    /// produce-batched: records per request [default: 100]; consume-stream and mixed
+    /// followers: `max_records` [default: 1, one record per message]
+    #[arg(long)]
+    batch: Option<u64>,
+    /// Records to produce (over all workers), or for consume-stream to prefill and read
+    /// per stream [default: consume-stream 200000]
+    #[arg(long, conflicts_with = "duration")]
+    records: Option<u64>,
+    /// How long producers send, e.g. `10s`, `500ms` [default: 5s]
+    #[arg(long, value_parser = parse_duration, value_name = "TIME")]
+    #[serde(serialize_with = "serialize_secs")]
+    duration: Option<Duration>,
+    /// Open loop: records per second over all producers, latency from the intended send time
+    #[arg(long, value_name = "RECORDS_PER_S")]
+    rate: Option<u64>,
+    /// mixed: ConsumeStream followers of the tail, each on its own connection
+    #[arg(long, default_value_t = 4)]
+    followers: usize,
+    /// Measure each server this many times (alternating) to show the spread
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// Write the settings and results as JSON
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    json: Option<PathBuf>,
+    /// In-process ringlog: when appends are acknowledged
+    #[arg(long, value_enum, default_value_t = DurabilityMode::Interval)]
+    #[serde(serialize_with = "serialize_debug")]
+    durability: DurabilityMode,
+    /// In-process ringlog: append backend
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    #[serde(serialize_with = "serialize_debug")]
+    backend: BackendKind,
+    /// In-process ringlog: where its temporary log directory goes [default: the system's]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Worker threads of each in-process server's runtime [default: one per CPU]
+    #[arg(long)]
+    server_threads: Option<usize>,
+}
+
+fn serialize_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    d.map(|d| d.as_secs_f64()).serialize(s)
+}
+
+fn serialize_debug<T: std::fmt::Debug, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    format!("{v:?}").to_lowercase().serialize(s)
+}
+
+/// `10s`, `250ms`, `2m`, or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 10s or 500ms"))?;
+    let secs = match unit {
+        "ms" => number / 1e3,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("`{unit}` is not a unit (ms, s, m)")),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("`{text}` must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl BenchArgs {
+    fn workers(&self) -> usize {
+        self.connections * self.streams
+    }
+
+    fn shape(&self) -> Shape {
+        match self.workload {
+            Workload::ProduceBatched => {
+                Shape { record_bytes: self.record_bytes, batch: Some(self.batch.unwrap_or(100)) }
+            }
+            _ => Shape { record_bytes: self.record_bytes, batch: None },
+        }
+    }
+
+    /// `max_records` of consumers.
+    fn max_records(&self) -> u64 {
+        match self.workload {
+            Workload::ConsumeStream | Workload::Mixed => self.batch.unwrap_or(1),
+            _ => 1,
+        }
+    }
+
+    /// How many produce requests: a count, or a duration.
+    fn limit(&self) -> Limit {
+        match (self.records, self.duration) {
+            (Some(records), _) => Limit::Requests(records.div_ceil(self.shape().records())),
+            (None, Some(duration)) => Limit::Duration(duration),
+            (None, None) => Limit::Duration(Duration::from_secs(5)),
+        }
+    }
+
+    /// consume-stream: records each stream reads.
+    fn consume_records(&self) -> u64 {
+        self.records.unwrap_or(200_000)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.connections >= 1 && self.streams >= 1,
+            "--connections and --streams must be at least 1"
+        );
+        anyhow::ensure!(self.repeat >= 1, "--repeat must be at least 1");
+        anyhow::ensure!(self.batch.is_none_or(|b| (1..=1000).contains(&b)), "--batch must be 1 to 1000");
+        anyhow::ensure!(self.rate.is_none_or(|r| r > 0), "--rate must be positive");
+        if self.workload == Workload::ConsumeStream {
+            anyhow::ensure!(
+                self.duration.is_none(),
+                "consume-stream reads a prefilled log: give --records, not --duration"
+            );
+            anyhow::ensure!(
+                self.rate.is_none(),
+                "consume-stream reads as fast as it can: --rate does not apply"
+            );
+        }
+        if self.workload == Workload::Mixed {
+            anyhow::ensure!(
+                self.record_bytes >= 8,
+                "mixed needs --record-bytes of at least 8 (the send time)"
+            );
+            anyhow::ensure!(self.followers >= 1, "mixed needs at least one follower");
+        }
+        Ok(())
+    }
+
+    /// The servers to measure, in the order of repetition `repeat` (alternating, so that
+    /// neither always runs first).
+    fn targets(&self, repeat: u32) -> Vec<Target> {
+        if let Some(addr) = &self.addr {
+            return vec![Target::External(addr.clone())];
+        }
+        match self.server {
+            ServerChoice::Ringlog => vec![Target::Ringlog],
+            ServerChoice::Bare => vec![Target::Bare],
+            ServerChoice::Both if repeat.is_multiple_of(2) => vec![Target::Bare, Target::Ringlog],
+            ServerChoice::Both => vec![Target::Ringlog, Target::Bare],
+        }
+    }
+}
+
+/// A server to measure.
+#[derive(Clone, Debug)]
+enum Target {
+    External(String),
+    Ringlog,
+    Bare,
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::External(_) => "external",
+            Target::Ringlog => "ringlog",
+            Target::Bare => "bare",
+        }
+    }
+}
+
+/// Runs `ringlog bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    args.check()?;
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bench-client")
+        .build()
+        .context("starting the client runtime")?;
+    println!(
+        "{:?}: {} connection(s) x {} stream(s), {} B records{}{}",
+        args.workload,
+        args.connections,
+        args.streams,
+        args.record_bytes,
+        args.rate.map(|r| format!(", open loop at {r} records/s")).unwrap_or_default(),
+        if args.workload == Workload::Mixed {
+            format!(", {} followers", args.followers)
+        } else {
+            String::new()
+        },
+    );
+    let mut runs = Vec::new();
+    for repeat in 0..args.repeat {
+        for target in args.targets(repeat) {
+            if args.workload == Workload::Mixed && matches!(target, Target::Bare) {
+                println!(
+                    "bare     #{repeat}  skipped: the bare server stores nothing, so it has no tail to follow"
+                );
+                continue;
+            }
+            let server = InProcess::start(&target, &args)?;
+            let measured = client.block_on(measure(&args, &server.addr, target.name(), repeat));
+            let stopped = server.stop();
+            let run = measured.with_context(|| format!("measuring {}", target.name()))?;
+            stopped?;
+            println!("{}", run.line());
+            runs.push(run);
+        }
+    }
+    let ratio = Ratio::of(&runs);
+    if let Some(ratio) = &ratio {
+        let each: Vec<String> = ratio.each.iter().map(|r| format!("{:.0}%", r * 100.0)).collect();
+        println!(
+            "ringlog / bare tonic records/s: median {:.0}% (min {:.0}%, max {:.0}%; each {})",
+            ratio.median * 100.0,
+            ratio.min * 100.0,
+            ratio.max * 100.0,
+            each.join(", ")
+        );
+    }
+    if let Some(path) = &args.json {
+        let report = Report {
+            tool: format!("ringlog bench {}", env!("CARGO_PKG_VERSION")),
+            settings: args.clone(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            runs,
+            ratio_to_bare: ratio,
+        };
+        report.write(path)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// A server running on a runtime (and thread) of its own, or one that is already running.
+struct InProcess {
+    addr: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcess {
+    fn start(target: &Target, args: &BenchArgs) -> anyhow::Result<InProcess> {
+        let (kind, dir) = match target {
+            Target::External(addr) => return Ok(InProcess { addr: addr.clone(), stop: None, thread: None }),
+            Target::Ringlog => {
+                let dir = match &args.data_dir {
+                    Some(parent) => tempfile::tempdir_in(parent),
+                    None => tempfile::tempdir(),
+                }
+                .context("making a temporary log directory")?;
+                (Some(ringlog_config(args)), Some(dir))
+            }
+            Target::Bare => (None, None),
+        };
+        let listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .context("binding 127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?.to_string();
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        runtime.enable_all().thread_name(format!("bench-{}", target.name()));
+        if let Some(threads) = args.server_threads {
+            runtime.worker_threads(threads);
+        }
+        let runtime = runtime.build().context("starting a server runtime")?;
+        let record_bytes = args.record_bytes;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread =
+            std::thread::Builder::new().name(format!("bench-{}", target.name())).spawn(move || {
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let shutdown = async {
+                        let _ = stopped.await;
+                    };
+                    match (kind, dir) {
+                        (Some(config), Some(dir)) => {
+                            let log = Log::open(dir.path(), config).context("opening the in-process log")?;
+                            Server::new(log)
+                                .shutdown_grace(Duration::from_secs(2))
+                                .serve(listener, shutdown)
+                                .await?;
+                            drop(dir);
+                        }
+                        _ => bare::serve(listener, record_bytes, shutdown).await?,
+                    }
+                    anyhow::Ok(())
+                })
+            })?;
+        Ok(InProcess { addr, stop: Some(stop), thread: Some(thread) })
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| anyhow::anyhow!("the in-process server panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+fn ringlog_config(args: &BenchArgs) -> Config {
+    Config {
+        durability: match args.durability {
+            DurabilityMode::None => Durability::None,
+            DurabilityMode::Interval => Durability::Interval { interval_ms: 100, bytes: 4 << 20 },
+            DurabilityMode::Always => Durability::Always,
+        },
+        backend: match args.backend {
+            BackendKind::Auto => Backend::Auto,
+            BackendKind::IoUring => Backend::IoUring,
+            BackendKind::Pwrite => Backend::Pwrite,
+        },
+        ..Config::default()
+    }
+}
+
+/// Shows progress on stderr (when it is a terminal) until dropped.
+struct Progress {
+    bar: ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(label: &str, done: Arc<AtomicU64>, total: Option<u64>, duration: Option<Duration>) -> Progress {
+        let bar = match (total, duration) {
+            (Some(total), _) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+                .with_style(
+                ProgressStyle::with_template(
+                    "{prefix:8} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} records ({per_sec})",
+                )
+                .expect("valid template"),
+            ),
+            (None, Some(duration)) => {
+                ProgressBar::with_draw_target(Some(duration.as_millis() as u64), ProgressDrawTarget::stderr())
+                    .with_style(
+                        ProgressStyle::with_template("{prefix:8} [{elapsed_precise}] {wide_bar} {msg}")
+                            .expect("valid template"),
+                    )
+            }
+            (None, None) => ProgressBar::hidden(),
+        };
+        bar.set_prefix(label.to_owned());
+        let by_time = total.is_none();
+        let started = Instant::now();
+        let ticker = tokio::spawn({
+            let bar = bar.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tick.tick().await;
+                    let records = done.load(Ordering::Relaxed);
+                    if by_time {
+                        bar.set_position(started.elapsed().as_millis() as u64);
+                        bar.set_message(format!("{records} records"));
+                    } else {
+                        bar.set_position(records);
+                    }
+                }
+            }
+        });
+        Progress { bar, ticker }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Waits for every worker; the first error ends the run.
+async fn join(mut workers: JoinSet<anyhow::Result<Tally>>) -> anyhow::Result<Tally> {
+    let mut total = Tally::empty();
+    while let Some(done) = workers.join_next().await {
+        let tally = done.context("a worker panicked")??;
+        total.merge(&tally);
+    }
+    Ok(total)
+}
+
+/// One measurement of the workload against the server at `addr`.
+async fn measure(args: &BenchArgs, addr: &str, server: &str, repeat: u32) -> anyhow::Result<Run> {
+    let mut clients = Vec::new();
+    for _ in 0..args.connections {
+        clients.push(load::connect(addr).await?);
+    }
+    let worker_clients = (0..args.workers()).map(|i| clients[i % args.connections].clone());
+    let done = Arc::new(AtomicU64::new(0));
+    let shape = args.shape();
+    let no_latency = report::histogram();
+
+    if args.workload == Workload::ConsumeStream {
+        let records = args.consume_records();
+        let first = if server == "bare" {
+            0
+        } else {
+            load::prefill(clients[0].clone(), records, args.record_bytes).await?
+        };
+        let (_keep, until) = watch::channel(records);
+        let progress = Progress::start(server, done.clone(), Some(records * args.workers() as u64), None);
+        let started = Instant::now();
+        let mut workers = JoinSet::new();
+        for client in worker_clients {
+            workers.spawn(load::consume_stream(
+                client,
+                first,
+                args.max_records(),
+                until.clone(),
+                false,
+                done.clone(),
+            ));
+        }
+        let tally = join(workers).await?;
+        let elapsed = started.elapsed();
+        drop(progress);
+        return Ok(Run::new(
+            server,
+            repeat,
+            tally.records,
+            tally.messages,
+            args.record_bytes,
+            elapsed,
+            &no_latency,
+            0,
+            &no_latency,
+        ));
+    }
+
+    // Mixed: followers of the tail first, so they see every record the producers append.
+    let (target, until) = watch::channel(u64::MAX);
+    let mut followers = JoinSet::new();
+    let delivered = Arc::new(AtomicU64::new(0));
+    if args.workload == Workload::Mixed {
+        let from = load::end_offset(clients[0].clone()).await?;
+        for _ in 0..args.followers {
+            let client = load::connect(addr).await?;
+            followers.spawn(load::consume_stream(
+                client,
+                from,
+                args.max_records(),
+                until.clone(),
+                true,
+                delivered.clone(),
+            ));
+        }
+        // Let every follower's stream open before the first append.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let limit = args.limit();
+    let start = now_ns() + 1_000_000;
+    let rate = args.rate.map(|r| (r / shape.records()).max(1));
+    let (sources, pacer) = schedule::sources(args.workers(), limit, rate, start);
+    let total = match limit {
+        Limit::Requests(n) => Some(n * shape.records()),
+        Limit::Duration(_) => None,
+    };
+    let duration = match limit {
+        Limit::Duration(d) => Some(d),
+        Limit::Requests(_) => None,
+    };
+    let progress = Progress::start(server, done.clone(), total, duration);
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for (client, source) in worker_clients.zip(sources) {
+        let done = done.clone();
+        match args.workload {
+            Workload::ProduceUnary => workers.spawn(load::produce_unary(client, source, shape, done)),
+            _ => workers.spawn(load::produce_stream(client, source, shape, done)),
+        };
+    }
+    let produced = join(workers).await;
+    let elapsed = started.elapsed();
+    if let Some(pacer) = pacer {
+        pacer.join().map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+    }
+    let produced = produced?;
+    drop(progress);
+
+    let mut delivery = Tally::empty();
+    if args.workload == Workload::Mixed {
+        // Followers stop once they have every acknowledged record; a follower that is
+        // missing records for 10 s fails the run instead of waiting forever.
+        let _ = target.send(produced.records);
+        delivery = tokio::time::timeout(Duration::from_secs(10), join(followers))
+            .await
+            .context("followers did not receive every record within 10 s")??;
+    }
+    drop(until);
+    Ok(Run::new(
+        server,
+        repeat,
+        produced.records,
+        produced.messages,
+        args.record_bytes,
+        elapsed,
+        &produced.latency,
+        delivery.records,
+        &delivery.latency,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit_or_mean_seconds() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}
