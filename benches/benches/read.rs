@@ -17,7 +17,7 @@ use std::{
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ringlog_benches::{full_matrix, measurement_time};
+use ringlog_benches::{RawWriter, full_matrix, measurement_time};
 use ringlog_engine::{Config, Log, record};
 
 const SIZE: usize = 1024;
@@ -95,13 +95,14 @@ fn reads(c: &mut Criterion) {
     // The same pseudo-random offsets for both members.
     let offsets: Vec<u64> = (0..lookups).map(|i| (i * 2_654_435_761) % records).collect();
     group.bench_function("raw_pread_known_position", |b| {
-        let files = store_files(dir.path());
-        let per_file = (64 << 20) / frame - 1;
+        // The same frames in one file, where a frame's position is `offset * frame`.
+        let raw_dir = tempfile::tempdir().expect("temp dir");
+        RawWriter::create(raw_dir.path()).append(records, &[7u8; SIZE]);
+        let file = File::open(raw_dir.path().join("raw")).expect("raw file");
         let mut buf = vec![0u8; frame as usize];
         b.iter(|| {
             for &offset in &offsets {
-                let file = &files[(offset / per_file) as usize % files.len()];
-                file.read_exact_at(&mut buf, 32 + (offset % per_file) * frame).expect("pread");
+                file.read_exact_at(&mut buf, offset * frame).expect("pread");
             }
         })
     });
