@@ -31,13 +31,22 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acl;
+mod auth;
+pub mod certs;
 mod codec;
 pub mod config;
+mod metrics;
 pub mod proto;
+mod rpc;
 mod server;
 mod service;
 mod status;
+pub mod tls;
 
+pub use acl::{Acl, Action};
+pub use auth::subject;
 pub use server::{ServeError, Server};
 pub use service::{Limits, message_bytes_max};
 pub use status::{DOMAIN, LOCALE, REASON_OUT_OF_RANGE};
+pub use tls::TlsConfig;
