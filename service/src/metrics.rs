@@ -220,7 +220,7 @@ pub(crate) async fn serve(
         }),
     );
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "serving metrics at /metrics");
+        info!(%addr, "metrics endpoint listening at /metrics");
     }
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

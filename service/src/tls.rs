@@ -2,8 +2,9 @@
 //!
 //! TLS is rustls (with the `ring` provider) through tonic. With a client CA the server asks
 //! every client for a certificate and verifies any it is given against that CA during the
-//! handshake: a certificate that does not verify fails the handshake (the client sees a
-//! transport error, `UNAVAILABLE`). A client that presents none still completes the
+//! handshake: a certificate that does not verify fails the handshake, and the client's call
+//! fails with tonic's `UNKNOWN "transport error"` whose source is the TLS alert (`UnknownCA`)
+//! (with TLS 1.3 the alert arrives with the first call, not at connect). A client that presents none still completes the
 //! handshake, so that it can be told why it is refused: each of its calls answers
 //! `UNAUTHENTICATED` (see the `auth` module). Refusing in the handshake instead would leave
 //! such a client with a bare connection error, which says nothing about a missing certificate.
