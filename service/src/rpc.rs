@@ -6,8 +6,9 @@
 //! own events show them, and `code` and `latency_us` once the call ends. A call ends when its
 //! gRPC status is known: in the response headers for a refused or failed call, in the
 //! trailers for a finished stream; a stream the client drops first ends as `Cancelled`. The
-//! end is logged once, at `debug` for OK, `info` for a caller's mistake, and `warn` for a
-//! server-side failure, and counted in the metrics.
+//! end is logged once (`call finished`), at `debug` for the normal ends (OK, `OUT_OF_RANGE`
+//! at the end of the log, `CANCELLED`), `warn` for a server-side failure, and `info` for the
+//! rest (refusals, bad requests), and counted in the metrics.
 //!
 //! A layer rather than an interceptor because interceptors see neither the method nor the
 //! final status of a stream.
@@ -171,11 +172,14 @@ impl End {
 fn log_end(span: &Span, code: Code, latency: Duration) {
     let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
     match code {
-        Code::Ok => debug!(parent: span, ?code, latency_us, "call finished"),
-        Code::Unknown | Code::Internal | Code::Unavailable | Code::DataLoss | Code::ResourceExhausted => {
-            warn!(parent: span, ?code, latency_us, "call failed")
+        // The normal ends: success, the end of the log for a reader, a client that left.
+        Code::Ok | Code::OutOfRange | Code::Cancelled => {
+            debug!(parent: span, ?code, latency_us, "call finished")
         }
-        _ => info!(parent: span, ?code, latency_us, "call refused or failed"),
+        Code::Unknown | Code::Internal | Code::Unavailable | Code::DataLoss | Code::ResourceExhausted => {
+            warn!(parent: span, ?code, latency_us, "call finished")
+        }
+        _ => info!(parent: span, ?code, latency_us, "call finished"),
     }
 }
 
