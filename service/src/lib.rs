@@ -7,6 +7,12 @@
 //! through added fields. Engine errors map to gRPC statuses in one place (the `status`
 //! module); see the proto for the codes.
 //!
+//! Security and operations are options of the [`Server`]: TLS and mutual TLS
+//! ([`TlsConfig`]), authorization of produce and consume by the client certificate's subject
+//! ([`Acl`], subject rule in [`subject`]), and Prometheus metrics at `/metrics`
+//! ([`Server::metrics_listener`]). Every call runs in a tracing span `rpc` with its method,
+//! peer, subject, status code and latency. [`certs`] makes certificates for trying it out.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use ringlog_engine::{Config, Log};
