@@ -16,16 +16,20 @@ struct Serving {
     child: Child,
     addr: String,
     metrics_addr: String,
+    /// The server's log lines (JSON) after the startup ones.
+    lines: mpsc::Receiver<String>,
 }
 
+/// The `addr` field of a JSON log line.
 fn logged_addr(line: &str) -> Option<String> {
-    let at = line.find("addr=")? + "addr=".len();
-    Some(line[at..].split_whitespace().next()?.to_owned())
+    let at = line.find("\"addr\":\"")? + "\"addr\":\"".len();
+    Some(line[at..].split('"').next()?.to_owned())
 }
 
 fn serve(dir: &Path, certs: &Path, acl: &Path) -> Serving {
     let mut child = Command::new(RINGLOG)
         .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--backend", "pwrite"])
+        .args(["--log-format", "json", "--log-level", "ringlog_service=debug,info"])
         .arg("--data-dir")
         .arg(dir)
         .arg("--tls-cert-file")
@@ -55,14 +59,19 @@ fn serve(dir: &Path, certs: &Path, acl: &Path) -> Serving {
         if line.contains("metrics endpoint listening") {
             metrics_addr = logged_addr(&line);
         } else if line.contains("serving") {
-            assert!(line.contains("security=\"mutual tls + acl\""), "{line}");
+            assert!(line.contains("\"security\":\"mutual tls + acl\""), "{line}");
             addr = logged_addr(&line);
         }
         if addr.is_some() && metrics_addr.is_some() {
             break;
         }
     }
-    Serving { child, addr: addr.expect("the server logs its address"), metrics_addr: metrics_addr.unwrap() }
+    Serving {
+        child,
+        addr: addr.expect("the server logs its address"),
+        metrics_addr: metrics_addr.unwrap(),
+        lines: rx,
+    }
 }
 
 impl Serving {
@@ -88,10 +97,12 @@ impl Serving {
         response
     }
 
-    fn terminate(mut self) {
+    /// SIGTERM; returns the log lines written since startup.
+    fn terminate(mut self) -> Vec<String> {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         assert!(self.child.wait().unwrap().success());
+        self.lines.iter().collect()
     }
 }
 
@@ -133,7 +144,22 @@ fn certs_then_mutual_tls_with_an_acl_end_to_end() {
     let metrics = server.metrics();
     assert!(metrics.contains("ringlog_records_appended_total 2"), "{metrics}");
     assert!(metrics.contains(r#"grpc_method="ProduceStream",grpc_code="PermissionDenied"} 1"#), "{metrics}");
-    server.terminate();
+
+    // One `call finished` event per call, in the call's span.
+    let lines = server.terminate();
+    let finished = |subject: &str, method: &str, code: &str| {
+        lines.iter().any(|line| {
+            line.contains("call finished")
+                && line.contains(&format!("\"subject\":\"{subject}\""))
+                && line.contains(&format!("\"method\":\"/log.v1.Log/{method}\""))
+                && line.contains(&format!("\"code\":\"{code}\""))
+                && line.contains("\"peer\":\"127.0.0.1:")
+                && line.contains("\"latency_us\":")
+        })
+    };
+    assert!(finished("alice", "ProduceStream", "Ok"), "{lines:#?}");
+    assert!(finished("reader", "ProduceStream", "PermissionDenied"), "{lines:#?}");
+    assert!(finished("anonymous", "Consume", "Unauthenticated"), "{lines:#?}");
 }
 
 #[test]
