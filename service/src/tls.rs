@@ -16,6 +16,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 /// A TLS file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{setting} {}: {reason}", path.display())]
+#[non_exhaustive]
 pub struct TlsError {
     /// The setting that names the file (`tls-cert-file`, ...).
     pub setting: &'static str,
@@ -25,8 +26,8 @@ pub struct TlsError {
     pub reason: String,
 }
 
-/// The server's TLS material, PEM-encoded.
-#[derive(Clone, Debug)]
+/// The server's TLS material, PEM-encoded. Its `Debug` leaves out the private key.
+#[derive(Clone)]
 pub struct TlsConfig {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
@@ -53,6 +54,16 @@ fn read_pem(setting: &'static str, path: &Path, kind: Pem) -> Result<Vec<u8>, Tl
         return Err(fail(format!("expected a PEM file holding {what}")));
     }
     Ok(pem)
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("cert_pem_bytes", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .field("client_cert_required", &self.client_cert_required())
+            .finish()
+    }
 }
 
 impl TlsConfig {
@@ -107,4 +118,27 @@ pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Clie
         config = config.identity(Identity::from_pem(cert, key));
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_leaves_out_the_key() {
+        let tls = TlsConfig::from_pem("CERT", "-----BEGIN PRIVATE KEY-----secret", None);
+        assert!(!format!("{tls:?}").contains("secret"));
+    }
+
+    #[test]
+    fn files_must_hold_what_their_setting_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let error = TlsConfig::from_files(&cert, &cert, None).unwrap_err();
+        assert_eq!(error.setting, "tls-key-file");
+        assert!(error.to_string().contains("expected a PEM file holding a private key"), "{error}");
+        let error = TlsConfig::from_files(&dir.path().join("none"), &cert, None).unwrap_err();
+        assert_eq!(error.setting, "tls-cert-file");
+    }
 }
