@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, error::ContextKind};
 use ringlog_engine::Log;
 use ringlog_service::{
-    Server,
-    config::{ConfigError, ServeOptions},
+    Acl, Server, TlsConfig,
+    config::{ConfigError, LogFormat, ServeOptions},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -33,6 +33,22 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve log.v1 with no storage: the bare tonic baseline that `bench` compares with.
     BenchServer(bench::BenchServerArgs),
+    /// Write a development CA, a server certificate for localhost and client certificates.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CertsArgs {
+    /// Directory to write the PEM files to (created if missing)
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// A client certificate with this subject (Common Name); repeat for more
+    #[arg(long = "client", value_name = "NAME")]
+    clients: Vec<String>,
+    /// Another DNS name or IP address for the server certificate (besides localhost,
+    /// 127.0.0.1 and ::1); repeat for more
+    #[arg(long = "server-name", value_name = "NAME")]
+    server_names: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => runtime()?.block_on(client::consume(args)),
         Command::Bench(args) => bench::run(args),
         Command::BenchServer(args) => runtime()?.block_on(bench::run_server(args, shutdown_signal())),
+        Command::Certs(args) => certs(args),
     }
 }
 
@@ -92,17 +109,48 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         reason: format!("`{}`: {e}", config.log_level),
     })?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Pretty => logs.with_ansi(ansi).init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
 
+    // Read the security files before opening the log, so that a bad one fails fast.
+    let tls = match &config.tls {
+        Some(files) => Some(TlsConfig::from_files(&files.cert, &files.key, files.client_ca.as_deref())?),
+        None => None,
+    };
+    let acl = config.acl_file.as_deref().map(Acl::from_file).transpose()?;
     let log = Log::open(&config.data_dir, config.engine_config())
         .with_context(|| format!("opening the log in {}", config.data_dir.display()))?;
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("listening on {} (setting `addr`)", config.addr))?;
-        Server::new(log).serve(listener, shutdown_signal()).await?;
+        let mut server = Server::new(log);
+        if let Some(tls) = tls {
+            server = server.tls(tls);
+        }
+        if let Some(acl) = acl {
+            server = server.acl(acl);
+        }
+        if let Some(addr) = config.metrics_addr {
+            let metrics = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (setting `metrics-addr`)"))?;
+            server = server.metrics_listener(metrics);
+        }
+        server.serve(listener, shutdown_signal()).await?;
         anyhow::Ok(())
     })
+}
+
+fn certs(args: CertsArgs) -> anyhow::Result<()> {
+    let written = ringlog_service::certs::write_dir(&args.out, &args.clients, &args.server_names)?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

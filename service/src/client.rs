@@ -1,6 +1,9 @@
 //! `ringlog produce` and `ringlog consume`: a small client for people and scripts.
 
-use std::io::{BufRead, Write};
+use std::{
+    io::{BufRead, Write},
+    path::PathBuf,
+};
 
 use anyhow::Context;
 use base64::Engine as _;
@@ -11,7 +14,10 @@ use ringlog_service::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
-use tonic::{Code, Status, transport::Channel};
+use tonic::{
+    Code, Status,
+    transport::{Channel, ClientTlsConfig},
+};
 use tonic_types::StatusExt;
 
 /// Where the server is.
@@ -20,6 +26,15 @@ pub struct Connect {
     /// The server's address
     #[arg(long, env = "RINGLOG_ADDR", default_value = "127.0.0.1:8400", value_name = "HOST:PORT")]
     pub(crate) addr: String,
+    /// Connect with TLS, trusting server certificates signed by this CA (PEM)
+    #[arg(long, env = "RINGLOG_CA_FILE", value_name = "FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Mutual TLS: this client certificate (PEM); needs `--key-file` and `--ca-file`
+    #[arg(long, env = "RINGLOG_CERT_FILE", value_name = "FILE", requires_all = ["key_file", "ca_file"])]
+    pub(crate) cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `--cert-file`
+    #[arg(long, env = "RINGLOG_KEY_FILE", value_name = "FILE", requires = "cert_file")]
+    pub(crate) key_file: Option<PathBuf>,
 }
 
 /// Arguments of `ringlog produce`.
@@ -61,15 +76,29 @@ enum Format {
     Raw,
 }
 
-/// Connects to `addr` (`host:port` or a URL) with message limits that fit any record.
-pub async fn connect(addr: &str) -> anyhow::Result<LogClient<Channel>> {
-    let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-    let channel = Channel::from_shared(url.clone())
-        .with_context(|| format!("`{addr}` is not a server address"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+/// Connects as `connect` says (`host:port` or a URL, with message limits that fit any
+/// record): over TLS (`https`) when it names a CA file.
+pub async fn connect_to(connect: &Connect) -> anyhow::Result<LogClient<Channel>> {
+    let tls = match &connect.ca_file {
+        Some(ca) => {
+            let identity = connect.cert_file.as_deref().zip(connect.key_file.as_deref());
+            Some(ringlog_service::tls::client_config(ca, identity)?)
+        }
+        None => None,
+    };
+    connect_with(&connect.addr, tls).await
+}
+
+async fn connect_with(addr: &str, tls: Option<ClientTlsConfig>) -> anyhow::Result<LogClient<Channel>> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = if addr.contains("://") { addr.to_owned() } else { format!("{scheme}://{addr}") };
+    let mut endpoint =
+        Channel::from_shared(url.clone()).with_context(|| format!("`{addr}` is not a server address"))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).context("setting up TLS")?;
+    }
+    let channel =
+        endpoint.tcp_nodelay(true).connect().await.with_context(|| format!("connecting to {url}"))?;
     // The server enforces the real record limit; accept whatever it can send.
     let limit = message_bytes_max(u32::MAX);
     Ok(LogClient::new(channel).max_decoding_message_size(limit).max_encoding_message_size(limit))
@@ -81,7 +110,7 @@ fn request(value: Bytes) -> ProduceRequest {
 
 /// Appends every value over one pipelined ProduceStream and prints each offset.
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.connect.addr).await?;
+    let mut client = connect_to(&args.connect).await?;
     let (tx, rx) = mpsc::channel::<ProduceRequest>(256);
     let sender = if args.values.is_empty() {
         // stdin is read on a thread of its own: it blocks.
@@ -120,7 +149,7 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
 
 /// Prints records from `--from` on.
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.connect.addr).await?;
+    let mut client = connect_to(&args.connect).await?;
     let mut out = std::io::stdout().lock();
     let mut next = args.from;
     let mut left = args.count.unwrap_or(u64::MAX);

@@ -8,6 +8,11 @@
 //! data-dir = "/var/lib/ringlog"
 //! durability = "always"
 //! max-record-bytes = 1048576
+//! tls-cert-file = "certs/server.pem"
+//! tls-key-file = "certs/server-key.pem"
+//! tls-client-ca-file = "certs/ca.pem"
+//! acl-file = "acl.csv"
+//! metrics-addr = "127.0.0.1:9400"
 //! ```
 //!
 //! Every error names the setting it is about and fits on one line.
@@ -51,6 +56,15 @@ pub enum CorruptionMode {
     Truncate,
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event (coloured on a terminal).
+    Pretty,
+    /// One JSON object per line, with the span's fields.
+    Json,
+}
+
 /// Settings as given: every field is optional so that flags, environment and file can be
 /// layered. [`ServeOptions::resolve`] fills in the defaults.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -85,9 +99,27 @@ pub struct ServeOptions {
     /// What opening the log does with corruption in a sealed segment [default: fail]
     #[arg(long, env = "RINGLOG_ON_CORRUPTION", value_enum)]
     pub on_corruption: Option<CorruptionMode>,
-    /// Log filter, e.g. `info` or `ringlog_service=debug,info` [default: info]
+    /// Log filter, e.g. `info` or `ringlog_service=debug,info` [default: `RUST_LOG`, else info]
     #[arg(long, env = "RINGLOG_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Log line format [default: pretty]
+    #[arg(long, env = "RINGLOG_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Serve TLS with this certificate (PEM, chain allowed); needs `--tls-key-file`
+    #[arg(long, env = "RINGLOG_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert-file`
+    #[arg(long, env = "RINGLOG_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Mutual TLS: require client certificates signed by this CA (PEM)
+    #[arg(long, env = "RINGLOG_TLS_CLIENT_CA_FILE", value_name = "FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Authorize produce and consume by this policy (lines of `subject, action`)
+    #[arg(long, env = "RINGLOG_ACL_FILE", value_name = "FILE")]
+    pub acl_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off]
+    #[arg(long, env = "RINGLOG_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Settings with every default filled in.
@@ -115,6 +147,25 @@ pub struct ServeConfig {
     pub on_corruption: CorruptionMode,
     /// The tracing filter.
     pub log_level: String,
+    /// The log line format.
+    pub log_format: LogFormat,
+    /// The server's TLS certificate and key, when serving TLS.
+    pub tls: Option<TlsFiles>,
+    /// The ACL file.
+    pub acl_file: Option<PathBuf>,
+    /// Where metrics are served.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// The files of the server's TLS settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate (chain).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA of client certificates (mutual TLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// A setting that cannot work.
@@ -199,6 +250,12 @@ impl ServeOptions {
                 }
                 "on-corruption" => options.on_corruption = Some(parse_enum(&key, &text()?)?),
                 "log-level" => options.log_level = Some(text()?),
+                "log-format" => options.log_format = Some(parse_enum(&key, &text()?)?),
+                "tls-cert-file" => options.tls_cert_file = Some(PathBuf::from(text()?)),
+                "tls-key-file" => options.tls_key_file = Some(PathBuf::from(text()?)),
+                "tls-client-ca-file" => options.tls_client_ca_file = Some(PathBuf::from(text()?)),
+                "acl-file" => options.acl_file = Some(PathBuf::from(text()?)),
+                "metrics-addr" => options.metrics_addr = Some(parse_addr(&key, &text()?)?),
                 _ => return Err(invalid(&key, "unknown setting")),
             }
         }
@@ -219,6 +276,12 @@ impl ServeOptions {
             max_record_bytes: self.max_record_bytes.or(lower.max_record_bytes),
             on_corruption: self.on_corruption.or(lower.on_corruption),
             log_level: self.log_level.or(lower.log_level),
+            log_format: self.log_format.or(lower.log_format),
+            tls_cert_file: self.tls_cert_file.or(lower.tls_cert_file),
+            tls_key_file: self.tls_key_file.or(lower.tls_key_file),
+            tls_client_ca_file: self.tls_client_ca_file.or(lower.tls_client_ca_file),
+            acl_file: self.acl_file.or(lower.acl_file),
+            metrics_addr: self.metrics_addr.or(lower.metrics_addr),
         }
     }
 
@@ -236,7 +299,25 @@ impl ServeOptions {
             index_bytes: self.index_bytes.unwrap_or(engine.index_bytes_max),
             max_record_bytes: self.max_record_bytes.unwrap_or(engine.record_bytes_max),
             on_corruption: self.on_corruption.unwrap_or(CorruptionMode::Fail),
-            log_level: self.log_level.unwrap_or_else(|| "info".to_owned()),
+            log_level: self
+                .log_level
+                .or_else(|| std::env::var("RUST_LOG").ok().filter(|filter| !filter.is_empty()))
+                .unwrap_or_else(|| "info".to_owned()),
+            log_format: self.log_format.unwrap_or(LogFormat::Pretty),
+            tls: match (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file) {
+                (Some(cert), Some(key), client_ca) => Some(TlsFiles { cert, key, client_ca }),
+                (None, None, None) => None,
+                (Some(_), None, _) => return Err(invalid("tls-key-file", "is needed with tls-cert-file")),
+                (None, Some(_), _) => return Err(invalid("tls-cert-file", "is needed with tls-key-file")),
+                (None, None, Some(_)) => {
+                    return Err(invalid(
+                        "tls-client-ca-file",
+                        "needs tls-cert-file and tls-key-file (mutual TLS is TLS)",
+                    ));
+                }
+            },
+            acl_file: self.acl_file,
+            metrics_addr: self.metrics_addr,
         };
         config.check()?;
         Ok(config)
@@ -354,6 +435,12 @@ mod tests {
             max-record-bytes = 1000
             on-corruption = "truncate"
             log-level = "debug"
+            log-format = "json"
+            tls-cert-file = "s.pem"
+            tls-key-file = "s-key.pem"
+            tls-client-ca-file = "ca.pem"
+            acl-file = "acl"
+            metrics-addr = "127.0.0.1:9400"
         "#;
         let config = ServeOptions::from_toml(text).unwrap().resolve().unwrap();
         let engine = config.engine_config();
@@ -361,6 +448,26 @@ mod tests {
         assert!(matches!(engine.backend, Backend::Pwrite));
         assert_eq!(engine.record_bytes_max, 1000);
         assert_eq!(engine.on_corruption, OnCorruption::Truncate);
+        assert_eq!(config.log_format, LogFormat::Json);
+        let tls = config.tls.expect("tls");
+        assert_eq!(tls.client_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(config.acl_file, Some(PathBuf::from("acl")));
+        assert_eq!(config.metrics_addr.map(|a| a.port()), Some(9400));
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        for (text, setting) in [
+            ("tls-cert-file = \"c\"", "`tls-key-file`"),
+            ("tls-key-file = \"k\"", "`tls-cert-file`"),
+            ("tls-client-ca-file = \"ca\"", "`tls-client-ca-file`"),
+            ("log-format = \"xml\"", "`log-format`"),
+            ("metrics-addr = \"9400\"", "`metrics-addr`"),
+        ] {
+            let error =
+                ServeOptions::from_toml(text).and_then(ServeOptions::resolve).unwrap_err().to_string();
+            assert!(error.contains(setting), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! through added fields. Engine errors map to gRPC statuses in one place (the `status`
 //! module); see the proto for the codes.
 //!
+//! Security and operations are options of the [`Server`]: TLS and mutual TLS
+//! ([`TlsConfig`]), authorization of produce and consume by the client certificate's subject
+//! ([`Acl`], subject rule in [`subject`]), and Prometheus metrics at `/metrics`
+//! ([`Server::metrics_listener`]). Every call runs in a tracing span `rpc` with its method,
+//! peer, subject, status code and latency. [`certs`] makes certificates for trying it out.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use ringlog_engine::{Config, Log};
@@ -31,13 +37,22 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acl;
+mod auth;
+pub mod certs;
 mod codec;
 pub mod config;
+mod metrics;
 pub mod proto;
+mod rpc;
 mod server;
 mod service;
 mod status;
+pub mod tls;
 
+pub use acl::{Acl, Action};
+pub use auth::subject;
 pub use server::{ServeError, Server};
 pub use service::{Limits, message_bytes_max};
 pub use status::{DOMAIN, LOCALE, REASON_OUT_OF_RANGE};
+pub use tls::TlsConfig;

@@ -7,7 +7,7 @@
 //! append already taken is answered), wait for every in-flight call, and close the log,
 //! which finishes queued appends and syncs.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use ringlog_engine::Log;
 use tokio::{
@@ -19,8 +19,13 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::{
+    acl::Acl,
+    auth::Policy,
+    metrics::{self, Metrics},
     proto::{self, log_server::LogServer},
+    rpc::RpcLayer,
     service::{LogService, message_bytes_max},
+    tls::TlsConfig,
 };
 
 /// Why serving failed.
@@ -36,6 +41,9 @@ pub enum ServeError {
     /// Closing the log after the server stopped failed.
     #[error("closing the log: {0}")]
     Close(#[from] ringlog_engine::Error),
+    /// The metrics endpoint failed.
+    #[error("serving metrics: {0}")]
+    Metrics(#[source] std::io::Error),
 }
 
 /// The gRPC server of one log.
@@ -54,12 +62,35 @@ pub enum ServeError {
 pub struct Server {
     log: Log,
     shutdown_grace: Duration,
+    tls: Option<TlsConfig>,
+    acl: Option<Acl>,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
     /// A server for `log`.
     pub fn new(log: Log) -> Server {
-        Server { log, shutdown_grace: Duration::from_secs(30) }
+        Server { log, shutdown_grace: Duration::from_secs(30), tls: None, acl: None, metrics_listener: None }
+    }
+
+    /// Serves over TLS; with a client CA in `tls`, every call needs a client certificate
+    /// that chains to it (mutual TLS).
+    pub fn tls(mut self, tls: TlsConfig) -> Server {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Authorizes every Produce and Consume call by `acl`, keyed on the client
+    /// certificate's subject: what it does not allow is `PERMISSION_DENIED`.
+    pub fn acl(mut self, acl: Acl) -> Server {
+        self.acl = Some(acl);
+        self
+    }
+
+    /// Serves Prometheus metrics at `/metrics` on `listener` while the server runs.
+    pub fn metrics_listener(mut self, listener: TcpListener) -> Server {
+        self.metrics_listener = Some(listener);
+        self
     }
 
     /// How long a shutdown waits for open calls (a health `Watch`, a client that stopped
@@ -90,15 +121,38 @@ impl Server {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let (stop, stop_rx) = watch::channel(false);
+        let metrics = Arc::new(Metrics::new(log.clone()));
+        let metrics_task = self.metrics_listener.map(|listener| {
+            let mut stop_rx = stop_rx.clone();
+            let stopping = async move {
+                let _ = stop_rx.wait_for(|stopping| *stopping).await;
+            };
+            tokio::spawn(metrics::serve(listener, metrics.clone(), stopping))
+        });
+        let policy = Policy {
+            client_cert_required: self.tls.as_ref().is_some_and(TlsConfig::client_cert_required),
+            acl: self.acl,
+        };
+        if policy.acl.is_some() && !policy.client_cert_required {
+            warn!("an ACL is set without mutual TLS: clients have no subject, so only `*` rules apply");
+        }
         let limit = message_bytes_max(log.config().record_bytes_max);
-        let log_service = LogServer::new(LogService::new(log.clone(), stop_rx))
+        let log_service = LogServer::new(LogService::new(log.clone(), stop_rx, metrics.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 
         let addr = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        info!(addr = %addr, dir = %log.dir().display(), backend = log.backend(),
-              next_offset = log.next_offset(), "serving");
+        let security = match (&self.tls, &policy.acl) {
+            (None, _) => "plaintext",
+            (Some(tls), _) if !tls.client_cert_required() => "tls",
+            (Some(_), None) => "mutual tls",
+            (Some(_), Some(_)) => "mutual tls + acl",
+        };
+        let durability = format!("{:?}", log.config().durability);
+        info!(addr = %addr, dir = %log.dir().display(), backend = log.backend(), durability = %durability,
+              lowest_offset = log.lowest_offset(), next_offset = log.next_offset(),
+              durable_offset = log.durable_offset(), security, "serving");
         let (signalled, signalled_rx) = oneshot::channel::<()>();
         let stopping = async move {
             shutdown.await;
@@ -108,7 +162,12 @@ impl Server {
             health.set_not_serving::<LogServer<LogService>>().await;
             let _ = stop.send(true);
         };
-        let serving = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(tls.server_config())?;
+        }
+        let serving = builder
+            .layer(RpcLayer::new(policy, metrics))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -134,8 +193,13 @@ impl Server {
         let closed = tokio::task::spawn_blocking(move || closing.close())
             .await
             .unwrap_or(Err(ringlog_engine::Error::Closed));
+        let metrics_served = match metrics_task {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        };
         served?;
         closed?;
+        metrics_served.map_err(ServeError::Metrics)?;
         info!(next_offset = log.next_offset(), "log closed");
         Ok(())
     }

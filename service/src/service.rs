@@ -13,7 +13,7 @@
 //! [`Limits::produce_in_flight_bytes_max`] bytes) appended but not yet answered; past that it
 //! stops reading, which pushes back on the client through flow control.
 
-use std::{collections::VecDeque, pin::Pin};
+use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream::FuturesOrdered};
@@ -21,9 +21,10 @@ use ringlog_engine::{Log, Record as EngineRecord};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::debug;
+use tracing::{Instrument, Span, debug};
 
 use crate::{
+    metrics::{Metrics, Open},
     proto::{
         ConsumeRequest, ConsumeResponse, ProduceRequest, ProduceResponse, Record, log_server::Log as LogRpc,
     },
@@ -84,12 +85,13 @@ pub(crate) struct LogService {
     limits: Limits,
     /// Turns `true` when the server starts shutting down: streams stop taking new work.
     stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl LogService {
-    pub(crate) fn new(log: Log, stop: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(log: Log, stop: watch::Receiver<bool>, metrics: Arc<Metrics>) -> Self {
         let limits = Limits::for_log(&log);
-        LogService { log, limits, stop }
+        LogService { log, limits, stop, metrics }
     }
 }
 
@@ -100,8 +102,10 @@ impl LogRpc for LogService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         let values = values(request.into_inner(), self.limits.record_bytes_max)?;
         let count = values.len() as u64;
+        let submitted = Instant::now();
         let ticket = self.log.submit(values).map_err(|e| status::from_engine(&e))?;
         let offset = ticket.await.map_err(|e| status::from_engine(&e))?;
+        self.metrics.append_seconds.observe(submitted.elapsed().as_secs_f64());
         Ok(Response::new(ProduceResponse { offset, count }))
     }
 
@@ -134,6 +138,7 @@ impl LogRpc for LogService {
             max_records: request.max_records,
             ahead: VecDeque::new(),
             done: false,
+            _open: Open::new(&self.metrics.followers),
         };
         let stream = futures_util::stream::unfold(follower, |mut follower| async move {
             let message = follower.next_message().await?;
@@ -156,8 +161,10 @@ impl LogRpc for LogService {
             stop: self.stop.clone(),
             requests: request.into_inner(),
             answers,
+            metrics: self.metrics.clone(),
+            _open: Open::new(&self.metrics.produce_streams),
         };
-        tokio::spawn(pump.run());
+        tokio::spawn(pump.run().instrument(Span::current()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -218,6 +225,8 @@ struct Follower {
     /// Records read but not sent yet (one-record-per-message streams only), from `next` on.
     ahead: VecDeque<EngineRecord>,
     done: bool,
+    /// Counts this stream as an open follower.
+    _open: Open,
 }
 
 impl Follower {
@@ -273,6 +282,9 @@ struct ProducePump {
     stop: watch::Receiver<bool>,
     requests: Streaming<ProduceRequest>,
     answers: mpsc::Sender<Result<ProduceResponse, Status>>,
+    metrics: Arc<Metrics>,
+    /// Counts this stream as open.
+    _open: Open,
 }
 
 impl ProducePump {
@@ -345,8 +357,14 @@ impl ProducePump {
         let values = values(request, self.limits.record_bytes_max)?;
         let count = values.len() as u64;
         let bytes = values.iter().map(Bytes::len).sum();
+        let submitted = Instant::now();
         let ticket = self.log.submit(values).map_err(|e| status::from_engine(&e))?;
-        let append = async move { (ticket.await.map(|offset| ProduceResponse { offset, count }), bytes) };
+        let append_seconds = self.metrics.append_seconds.clone();
+        let append = async move {
+            let appended = ticket.await;
+            append_seconds.observe(submitted.elapsed().as_secs_f64());
+            (appended.map(|offset| ProduceResponse { offset, count }), bytes)
+        };
         Ok((append, bytes))
     }
 }

@@ -6,6 +6,8 @@
 //! | no record, record over the limit, malformed     | `INVALID_ARGUMENT`   |
 //! | disk full                                       | `RESOURCE_EXHAUSTED` |
 //! | log closed, poisoned, or the server stopping    | `UNAVAILABLE`        |
+//! | no (usable) client certificate under mutual TLS | `UNAUTHENTICATED`    |
+//! | the ACL does not allow the subject the action   | `PERMISSION_DENIED`  |
 //! | anything else (IO error, corruption)            | `INTERNAL`           |
 //!
 //! `OUT_OF_RANGE` carries the book's message, `offset out of range: N`, a
@@ -19,6 +21,8 @@ use std::collections::HashMap;
 use ringlog_engine::Error;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::acl::Action;
 
 /// `ErrorInfo.domain` of every error the service reports.
 pub const DOMAIN: &str = "ringlog";
@@ -84,6 +88,16 @@ fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
 /// `UNAVAILABLE`: the server is shutting down (ends streams so that clients reconnect).
 pub fn shutting_down() -> Status {
     Status::unavailable("server is shutting down")
+}
+
+/// `UNAUTHENTICATED`: the caller did not prove who it is (`reason` says how).
+pub fn unauthenticated(reason: &str) -> Status {
+    Status::unauthenticated(reason)
+}
+
+/// `PERMISSION_DENIED`: `<subject> not permitted to <action>`.
+pub fn permission_denied(subject: &str, action: Action) -> Status {
+    Status::permission_denied(format!("{subject} not permitted to {action}"))
 }
 
 #[cfg(test)]

@@ -44,11 +44,25 @@ impl TestServer {
 
     /// A server over an open log.
     pub async fn serve(log: Log) -> TestServer {
+        TestServer::serve_with(log, |server| server).await
+    }
+
+    /// A server over a new log in a temporary directory, set up by `configure` (TLS, ACL, ...).
+    pub async fn start_with(configure: impl FnOnce(Server) -> Server) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(dir.path(), config()).expect("open log");
+        let mut server = TestServer::serve_with(log, configure).await;
+        server.dir = Some(dir);
+        server
+    }
+
+    /// A server over an open log, set up by `configure`.
+    pub async fn serve_with(log: Log, configure: impl FnOnce(Server) -> Server) -> TestServer {
         // Bound before serving: clients can connect as soon as this returns.
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(Server::new(log.clone()).serve(listener, async {
+        let task = tokio::spawn(configure(Server::new(log.clone())).serve(listener, async {
             let _ = stopped.await;
         }));
         TestServer { addr, log, dir: None, stop: Some(stop), task: Some(task) }

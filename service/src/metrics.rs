@@ -1,0 +1,226 @@
+//! Prometheus metrics, served as OpenMetrics text at `/metrics` on `--metrics-addr`.
+//!
+//! Two kinds: what the service observes as calls go by (RPC counts by method and code, RPC
+//! and append latency, open streams), kept in `prometheus-client` metrics; and the
+//! engine's own numbers (`Log::stats`, segments, size, offsets), read from the log on each
+//! scrape by a collector, so there is no second copy to keep in step. The engine keeps the
+//! total time spent in fsync rather than each sync's time, so fsync latency is exported as
+//! `ringlog_fsync_seconds_total` over `ringlog_fsyncs_total` (a mean per scrape interval),
+//! not as a histogram.
+//!
+//! Registries are per server, never process-global, so tests can run many servers in one
+//! process and each sees only its own numbers.
+
+use std::{fmt::Write as _, future::Future, sync::Arc, time::Duration};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use ringlog_engine::Log;
+use tokio::net::TcpListener;
+use tracing::info;
+
+/// The labels of an RPC counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CallLabels {
+    pub(crate) grpc_service: String,
+    pub(crate) grpc_method: String,
+    pub(crate) grpc_code: String,
+}
+
+/// The labels of an RPC latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct MethodLabels {
+    pub(crate) grpc_service: String,
+    pub(crate) grpc_method: String,
+}
+
+/// 50 µs to about 1.6 s, doubling.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(50e-6, 2.0, 16)
+}
+
+/// The metrics of one server.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Finished calls by service, method and code.
+    pub(crate) calls: Family<CallLabels, Counter>,
+    /// Call latency, from the request's arrival to its last byte (streams: their lifetime).
+    pub(crate) call_seconds: Family<MethodLabels, Histogram>,
+    /// Time from handing records to the appender to their acknowledgement.
+    pub(crate) append_seconds: Histogram,
+    /// Open ConsumeStreams.
+    pub(crate) followers: Gauge,
+    /// Open ProduceStreams.
+    pub(crate) produce_streams: Gauge,
+}
+
+impl Metrics {
+    /// Metrics for a server of `log`.
+    pub(crate) fn new(log: Log) -> Metrics {
+        let mut registry = Registry::default();
+        let calls = Family::<CallLabels, Counter>::default();
+        let call_seconds =
+            Family::<MethodLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let append_seconds = Histogram::new(latency_buckets());
+        let followers = Gauge::default();
+        let produce_streams = Gauge::default();
+        registry.register(
+            "ringlog_grpc_server_handled",
+            "gRPC calls finished, by method and status code",
+            calls.clone(),
+        );
+        registry.register(
+            "ringlog_grpc_server_handling_seconds",
+            "gRPC call latency (streams: until they end)",
+            call_seconds.clone(),
+        );
+        registry.register(
+            "ringlog_append_seconds",
+            "Time from submitting records to the log until they are acknowledged",
+            append_seconds.clone(),
+        );
+        registry.register("ringlog_active_followers", "Open ConsumeStream calls", followers.clone());
+        registry.register(
+            "ringlog_active_produce_streams",
+            "Open ProduceStream calls",
+            produce_streams.clone(),
+        );
+        registry.register_collector(Box::new(EngineCollector { log }));
+        Metrics { registry, calls, call_seconds, append_seconds, followers, produce_streams }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub(crate) fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+
+    /// Records a finished call.
+    pub(crate) fn call_finished(&self, service: &str, method: &str, code: tonic::Code, latency: Duration) {
+        let mut grpc_code = String::new();
+        let _ = write!(grpc_code, "{code:?}");
+        self.calls
+            .get_or_create(&CallLabels {
+                grpc_service: service.to_owned(),
+                grpc_method: method.to_owned(),
+                grpc_code,
+            })
+            .inc();
+        self.call_seconds
+            .get_or_create(&MethodLabels { grpc_service: service.to_owned(), grpc_method: method.to_owned() })
+            .observe(latency.as_secs_f64());
+    }
+}
+
+/// Counts one open stream in a gauge until dropped.
+#[derive(Debug)]
+pub(crate) struct Open(Gauge);
+
+impl Open {
+    pub(crate) fn new(gauge: &Gauge) -> Open {
+        gauge.inc();
+        Open(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Reads the engine's numbers at scrape time.
+#[derive(Debug)]
+struct EngineCollector {
+    log: Log,
+}
+
+fn counter<N>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> Result<(), std::fmt::Error>
+where
+    ConstCounter<N>: EncodeMetric,
+{
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let log = &self.log;
+        let stats = log.stats();
+        let e = &mut encoder;
+        counter(
+            e,
+            "ringlog_records_appended",
+            "Records appended since the log was opened",
+            stats.records_appended,
+        )?;
+        counter(
+            e,
+            "ringlog_appended_bytes",
+            "Store bytes appended since open (frames included)",
+            stats.bytes_appended,
+        )?;
+        counter(e, "ringlog_writes", "Group-commit writes since open", stats.writes)?;
+        counter(e, "ringlog_fsyncs", "fdatasync calls since open", stats.syncs)?;
+        counter(
+            e,
+            "ringlog_fsync_seconds",
+            "Time spent in fdatasync since open",
+            stats.sync_nanos as f64 / 1e9,
+        )?;
+        gauge(e, "ringlog_segments", "Segments in the log", log.segment_count() as u64)?;
+        gauge(e, "ringlog_disk_bytes", "Bytes of the log's files on disk", log.size_bytes())?;
+        gauge(e, "ringlog_lowest_offset", "The lowest offset retained", log.lowest_offset())?;
+        if let Some(highest) = log.highest_offset() {
+            gauge(e, "ringlog_highest_offset", "The highest offset written (absent while empty)", highest)?;
+        }
+        gauge(e, "ringlog_next_offset", "The offset the next record will get", log.next_offset())?;
+        gauge(e, "ringlog_durable_offset", "Records below this offset are synced", log.durable_offset())?;
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::{http::header::CONTENT_TYPE, routing::get};
+    let router = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                ([(CONTENT_TYPE, content_type)], metrics.encode())
+            }
+        }),
+    );
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics endpoint listening at /metrics");
+    }
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
