@@ -336,6 +336,7 @@ impl Appender {
     /// old index is trimmed only once nothing will be appended to it again.
     fn roll(&mut self, segment: &Arc<Segment>) -> Result<Arc<Segment>> {
         use crate::error::IoContext;
+        let started = std::time::Instant::now();
         let synced = segment
             .store
             .file()
@@ -344,7 +345,7 @@ impl Appender {
         if let Err(error) = synced {
             return Err(self.poison(error));
         }
-        self.shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.record_sync(started.elapsed());
         self.shared.durable_offset.fetch_max(segment.next_offset(), Ordering::AcqRel);
         let capacity = index::capacity(self.shared.config.index_bytes_max);
         let next = match Segment::create(self.shared.disk.as_ref(), &self.shared.dir, self.next, capacity) {
@@ -481,8 +482,7 @@ fn sync_batch(shared: &Shared, batch: Vec<SyncJob>) {
             shared.set_poison(&error);
             result = Err(error);
         } else {
-            shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
-            shared.stats.sync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            shared.stats.record_sync(started.elapsed());
         }
     }
     if result.is_ok() {

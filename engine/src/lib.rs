@@ -40,6 +40,8 @@ mod store;
 pub use config::{Backend, Config, Durability, OnCorruption};
 pub use error::{Error, Result};
 pub use io::{SimDisk, SimFault};
-pub use log::{AppendFuture, AppendTicket, Log, LogReader, Retention, Stats, decode_all};
+pub use log::{
+    AppendFuture, AppendTicket, Log, LogReader, Retention, SYNC_LATENCY_BOUNDS_US, Stats, decode_all,
+};
 pub use record::Record;
 pub use recovery::RecoveryReport;

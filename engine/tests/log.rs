@@ -357,8 +357,10 @@ fn durable_offset_covers_every_acknowledged_append_with_durability_always() {
         for t in threads {
             t.join().unwrap();
         }
-        assert!(log.stats().syncs >= 1);
-        assert!(log.stats().syncs < 400, "[{}] syncs are group commits", f.name);
+        let stats = log.stats();
+        assert!(stats.syncs >= 1);
+        assert!(stats.syncs < 400, "[{}] syncs are group commits", f.name);
+        assert_eq!(stats.sync_latency_buckets.iter().sum::<u64>(), stats.syncs, "every sync is in a bucket");
     }
 }
 

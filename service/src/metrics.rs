@@ -3,10 +3,8 @@
 //! Two kinds: what the service observes as calls go by (RPC counts by method and code, RPC
 //! and append latency, open streams), kept in `prometheus-client` metrics; and the
 //! engine's own numbers (`Log::stats`, segments, size, offsets), read from the log on each
-//! scrape by a collector, so there is no second copy to keep in step. The engine keeps the
-//! total time spent in fsync rather than each sync's time, so fsync latency is exported as
-//! `ringlog_fsync_seconds_total` over `ringlog_fsyncs_total` (a mean per scrape interval),
-//! not as a histogram.
+//! scrape by a collector, so there is no second copy to keep in step; that includes the
+//! engine's fsync latency buckets, exported as the `ringlog_fsync_seconds` histogram.
 //!
 //! Registries are per server, never process-global, so tests can run many servers in one
 //! process and each sees only its own numbers.
@@ -24,7 +22,7 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use ringlog_engine::Log;
+use ringlog_engine::{Log, SYNC_LATENCY_BOUNDS_US, Stats};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -165,6 +163,24 @@ fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) ->
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// The engine's fdatasync latency buckets as a Prometheus histogram.
+fn fsync_histogram(encoder: &mut DescriptorEncoder, stats: &Stats) -> Result<(), std::fmt::Error> {
+    let bounds = SYNC_LATENCY_BOUNDS_US.iter().map(|&us| us as f64 / 1e6).chain([f64::INFINITY]);
+    let buckets: Vec<(f64, u64)> = bounds.zip(stats.sync_latency_buckets).collect();
+    let mut metric = encoder.encode_descriptor(
+        "ringlog_fsync_seconds",
+        "fdatasync latency (appends with --durability always wait for one)",
+        None,
+        prometheus_client::metrics::MetricType::Histogram,
+    )?;
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        stats.sync_nanos as f64 / 1e9,
+        stats.syncs,
+        &buckets,
+        None,
+    )
+}
+
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let log = &self.log;
@@ -183,13 +199,7 @@ impl Collector for EngineCollector {
             stats.bytes_appended,
         )?;
         counter(e, "ringlog_writes", "Group-commit writes since open", stats.writes)?;
-        counter(e, "ringlog_fsyncs", "fdatasync calls since open", stats.syncs)?;
-        counter(
-            e,
-            "ringlog_fsync_seconds",
-            "Time spent in fdatasync since open",
-            stats.sync_nanos as f64 / 1e9,
-        )?;
+        fsync_histogram(e, &stats)?;
         gauge(e, "ringlog_segments", "Segments in the log", log.segment_count() as u64)?;
         gauge(e, "ringlog_disk_bytes", "Bytes of the log's files on disk", log.size_bytes())?;
         gauge(e, "ringlog_lowest_offset", "The lowest offset retained", log.lowest_offset())?;

@@ -73,7 +73,9 @@ async fn counters_move_after_produces() {
     assert_eq!(value(&after, "ringlog_highest_offset"), Some(2.0));
     assert_eq!(value(&after, "ringlog_next_offset"), Some(3.0));
     assert!(value(&after, "ringlog_disk_bytes").unwrap() > 0.0, "{after}");
-    for name in ["ringlog_writes_total", "ringlog_fsyncs_total", "ringlog_fsync_seconds_total"] {
+    for name in
+        ["ringlog_writes_total", "ringlog_fsync_seconds_count", r#"ringlog_fsync_seconds_bucket{le="+Inf"}"#]
+    {
         assert!(value(&after, name).is_some(), "{name} in {after}");
     }
     assert!(after.trim_end().ends_with("# EOF"), "OpenMetrics text ends with # EOF");
