@@ -39,5 +39,5 @@ mod service;
 mod status;
 
 pub use server::{ServeError, Server};
-pub use service::{Limits, message_bytes_max};
+pub use service::{Limits, LogService, message_bytes_max};
 pub use status::{DOMAIN, LOCALE, REASON_OUT_OF_RANGE};

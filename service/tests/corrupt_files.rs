@@ -24,8 +24,16 @@ use ringlog_service::proto::{ConsumeRequest, ProduceRequest, Record};
 use tonic::Code;
 
 const RECORDS: u64 = 100;
-const ARGS: &[&str] =
-    &["--backend", "pwrite", "--segment-bytes", "4096", "--index-bytes", "1024", "--max-record-bytes", "1024"];
+const ARGS: &[&str] = &[
+    "--backend",
+    "pwrite",
+    "--segment-bytes",
+    "4096",
+    "--index-bytes",
+    "1024",
+    "--max-record-bytes",
+    "1024",
+];
 
 fn v(i: u64) -> Bytes {
     Bytes::from(format!("record {i:03} {}", "x".repeat(60 + (i % 40) as usize)))

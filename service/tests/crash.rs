@@ -91,7 +91,8 @@ struct Acked {
 /// (answers come in request order) until the stream fails.
 async fn produce(addr: SocketAddr, cycle: u64, producer: u64, acked: Arc<Acked>) {
     // The kill may come before a producer connects (it is chosen by record count).
-    let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await
+    let Ok(channel) =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await
     else {
         return;
     };
@@ -227,7 +228,8 @@ async fn check(server: &process::Serving, acked: &Acked, cycle: u64) {
     let log: HashMap<u64, Bytes> = records.iter().cloned().collect();
     let mut seen = HashSet::new();
     for (offset, value) in &records {
-        let key = parse(value).unwrap_or_else(|| panic!("cycle {cycle}: offset {offset} holds {value:?}, never sent"));
+        let key = parse(value)
+            .unwrap_or_else(|| panic!("cycle {cycle}: offset {offset} holds {value:?}, never sent"));
         assert!(seen.insert(key), "cycle {cycle}: {key:?} is in the log twice");
     }
     for (offset, value) in acked.records.lock().unwrap().iter() {

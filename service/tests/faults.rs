@@ -151,13 +151,19 @@ async fn write_error_with_durability_always_loses_nothing_acknowledged() {
 
 #[tokio::test]
 async fn fsync_error_fails_with_the_reason_and_is_never_retried() {
-    fault_poisons_until_reopen(Durability::Always, SimFault::Sync { after: 0, errno: libc::EIO }, "fdatasync")
-        .await;
+    fault_poisons_until_reopen(
+        Durability::Always,
+        SimFault::Sync { after: 0, errno: libc::EIO },
+        "fdatasync",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_fault_mid_stream_fails_the_stream_and_every_acknowledged_record_survives_a_crash() {
-    for fault in [SimFault::Sync { after: 7, errno: libc::EIO }, SimFault::Write { after: 9, errno: libc::EIO }] {
+    for fault in
+        [SimFault::Sync { after: 7, errno: libc::EIO }, SimFault::Write { after: 9, errno: libc::EIO }]
+    {
         let disk = SimDisk::new();
         let server = TestServer::serve(open(&disk, Durability::Always)).await;
         let mut client = server.client().await;
@@ -278,7 +284,8 @@ async fn a_real_full_filesystem_is_resource_exhausted_and_appends_resume_with_sp
 
     std::fs::remove_file(&ballast).unwrap();
     for i in acked..acked + 5 {
-        let offset = client.produce(produce_request(value(i))).await.expect("appends resume").into_inner().offset;
+        let offset =
+            client.produce(produce_request(value(i))).await.expect("appends resume").into_inner().offset;
         assert_eq!(offset, i);
     }
     acked += 5;

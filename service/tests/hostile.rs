@@ -77,11 +77,15 @@ async fn bad_requests_get_proper_statuses_and_nothing_is_written() {
         assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
         assert_eq!(status.message(), format!("offset out of range: {}", u64::MAX));
     }
-    let read = client.consume(ConsumeRequest { offset: 0, max_records: u64::MAX }).await.unwrap().into_inner();
+    let read =
+        client.consume(ConsumeRequest { offset: 0, max_records: u64::MAX }).await.unwrap().into_inner();
     assert_eq!(read.records.len(), 2, "max_records is capped, not allocated");
     // A follower past the end waits (format.md) and can be abandoned.
-    let mut follower =
-        client.consume_stream(ConsumeRequest { offset: u64::MAX, max_records: 0 }).await.unwrap().into_inner();
+    let mut follower = client
+        .consume_stream(ConsumeRequest { offset: u64::MAX, max_records: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     let waited = tokio::time::timeout(Duration::from_millis(200), follower.message()).await;
     assert!(waited.is_err(), "a follower past the end waits: {waited:?}");
     drop(follower);

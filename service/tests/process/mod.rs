@@ -75,8 +75,11 @@ pub fn serve(dir: &Path, args: &[&str]) -> Result<Serving, Failed> {
 
 /// A client of the server at `addr`.
 pub async fn client(addr: SocketAddr) -> LogClient<Channel> {
-    let channel =
-        Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect to ringlog serve");
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to ringlog serve");
     LogClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
 }
 
@@ -106,7 +109,8 @@ impl Serving {
 
     /// Resident memory of the server, from /proc/<pid>/status, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
