@@ -151,7 +151,7 @@ async fn torture(durability: &str, cycles: u64, seed: u64) -> Totals {
     let mut rng = Rng(seed);
     // Small segments and indexes, so that kills also land around segment rolls.
     let args = |cycle: u64| {
-        let backend = if cycle % 2 == 0 { "auto" } else { "pwrite" };
+        let backend = if cycle.is_multiple_of(2) { "auto" } else { "pwrite" };
         vec![
             "--durability".to_owned(),
             durability.to_owned(),

@@ -101,7 +101,7 @@ async fn abuse(addr: std::net::SocketAddr, streams: usize, connections: usize, s
     let mut client = process::client(addr).await;
     let mut held = Vec::new();
     for i in 0..streams {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let (tx, rx) = mpsc::channel(4);
             tx.send(request(format!("abandoned {i}"))).await.unwrap();
             let answers = client.produce_stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
