@@ -240,12 +240,12 @@ async fn a_real_full_filesystem_is_resource_exhausted_and_appends_resume_with_sp
     let tmpfs = Tmpfs::mount("2m");
     let data = tmpfs.0.path().join("log");
     std::fs::create_dir(&data).unwrap();
-    // Ballast to delete later: freeing it makes room again.
-    let ballast = tmpfs.0.path().join("ballast");
-    std::fs::write(&ballast, vec![0u8; 512 << 10]).unwrap();
-
-    // A 64 KiB index: its blocks are allocated when the segment is created (a sparse map
-    // would fault with SIGBUS where tmpfs cannot allocate a page; found by this test).
+    // Ballast to delete later: freeing each file makes room again.
+    let ballast = [tmpfs.0.path().join("ballast-1"), tmpfs.0.path().join("ballast-2")];
+    for file in &ballast {
+        std::fs::write(file, vec![0u8; 256 << 10]).unwrap();
+    }
+    // A 64 KiB index, so that it grows past its first pages while the disk fills.
     let args = [
         "--durability",
         "always",
@@ -258,11 +258,52 @@ async fn a_real_full_filesystem_is_resource_exhausted_and_appends_resume_with_sp
     ];
     let server = process::serve(&data, &args).unwrap_or_else(|f| panic!("start: {f:?}"));
     let mut client = server.client().await;
-    // 1 KiB records: the index grows past its first pages while the disk fills.
-    let value = |i: u64| Bytes::from(vec![b'a' + (i % 26) as u8; 1 << 10]);
-    let mut acked = 0;
+    let mut acked = fill(&mut client, 0).await;
+    assert!(acked > 10, "only {acked} records fit");
+    for i in (0..acked).step_by(7) {
+        let record = client.consume(ConsumeRequest { offset: i, max_records: 0 }).await.unwrap().into_inner();
+        assert_eq!(record.record.unwrap().value, full_disk_value(i), "reads keep working on a full disk");
+    }
+
+    // Space freed: appends resume in the same process, until the disk is full again.
+    std::fs::remove_file(&ballast[0]).unwrap();
+    let before = acked;
+    acked = fill(&mut client, acked).await;
+    assert!(acked > before + 100, "appends resumed: {before} → {acked}");
+    drop(client);
+    server.kill();
+
+    // A restart on a full disk. Before the index's blocks were allocated up front,
+    // recovery read the index's holes and tmpfs, unable to allocate pages for them, killed
+    // the process with SIGBUS before it logged a line. Now it starts, serves every record,
+    // and refuses appends until there is space.
+    let server = process::serve(&data, &args).unwrap_or_else(|f| panic!("restart on a full disk: {f:?}"));
+    let mut client = server.client().await;
+    for i in 0..acked {
+        let record = client.consume(ConsumeRequest { offset: i, max_records: 0 }).await.unwrap().into_inner();
+        assert_eq!(record.record.unwrap().value, full_disk_value(i), "offset {i} after restart");
+    }
+    let status = client.produce(produce_request(full_disk_value(acked))).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "still full: {status:?}");
+    std::fs::remove_file(&ballast[1]).unwrap();
+    let offset = client.produce(produce_request(full_disk_value(acked))).await.unwrap().into_inner().offset;
+    assert_eq!(offset, acked, "appends resume at the next offset");
+    drop(client);
+    server.kill();
+}
+
+/// 1 KiB records.
+fn full_disk_value(i: u64) -> Bytes {
+    Bytes::from(vec![b'a' + (i % 26) as u8; 1 << 10])
+}
+
+/// Appends from offset `acked` until Produce is `RESOURCE_EXHAUSTED`; returns the new count.
+async fn fill(
+    client: &mut ringlog_service::proto::log_client::LogClient<tonic::transport::Channel>,
+    mut acked: u64,
+) -> u64 {
     let status = loop {
-        match client.produce(produce_request(value(acked))).await {
+        match client.produce(produce_request(full_disk_value(acked))).await {
             Ok(answer) => {
                 assert_eq!(answer.into_inner().offset, acked);
                 acked += 1;
@@ -273,31 +314,8 @@ async fn a_real_full_filesystem_is_resource_exhausted_and_appends_resume_with_sp
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("disk full"), "{status:?}");
-    assert!(acked > 10, "only {acked} records fit");
-    // Again, and through a stream: still full, still the same status, not a poison.
-    let status = client.produce(produce_request(value(acked))).await.unwrap_err();
+    // Again: still full, still the same status (not a poison).
+    let status = client.produce(produce_request(full_disk_value(acked))).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    for i in (0..acked).step_by(7) {
-        let record = client.consume(ConsumeRequest { offset: i, max_records: 0 }).await.unwrap().into_inner();
-        assert_eq!(record.record.unwrap().value, value(i), "reads keep working on a full disk");
-    }
-
-    std::fs::remove_file(&ballast).unwrap();
-    for i in acked..acked + 5 {
-        let offset =
-            client.produce(produce_request(value(i))).await.expect("appends resume").into_inner().offset;
-        assert_eq!(offset, i);
-    }
-    acked += 5;
-    drop(client);
-    server.kill();
-
-    let server = process::serve(&data, &args).unwrap_or_else(|f| panic!("restart: {f:?}"));
-    let mut client = server.client().await;
-    for i in 0..acked {
-        let record = client.consume(ConsumeRequest { offset: i, max_records: 0 }).await.unwrap().into_inner();
-        assert_eq!(record.record.unwrap().value, value(i), "offset {i} after restart");
-    }
-    drop(client);
-    server.kill();
+    acked
 }
