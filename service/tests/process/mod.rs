@@ -28,6 +28,7 @@ pub struct Serving {
 /// How a start ended when the server did not come up: its exit status and stderr.
 #[derive(Debug)]
 pub struct Failed {
+    pub status: std::process::ExitStatus,
     pub success: bool,
     pub stderr: Vec<String>,
 }
@@ -68,7 +69,7 @@ pub fn serve(dir: &Path, args: &[&str]) -> Result<Serving, Failed> {
         None => {
             let status = child.wait().expect("wait for ringlog serve");
             let stderr = lines.lock().unwrap().clone();
-            Err(Failed { success: status.success(), stderr })
+            Err(Failed { status, success: status.success(), stderr })
         }
     }
 }
