@@ -56,6 +56,22 @@ fn unpack(entry: u64) -> (u32, u32) {
     (entry as u32, (entry >> 32) as u32)
 }
 
+/// Allocates the blocks of `file` up to `len`, so that touching the map never needs space
+/// the filesystem may not have: a page fault that cannot allocate is a SIGBUS, not an error
+/// (on a full disk when an entry is written to a new page, and on tmpfs even when recovery
+/// reads a hole). A full disk is then an ENOSPC here, when the segment is created or the
+/// log opened. Filesystems without `fallocate` keep the sparse file (glibc emulates it).
+fn preallocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: posix_fallocate reads no memory of ours: it takes a descriptor, which stays
+    // open while `file` is borrowed, and two integers.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 | libc::EOPNOTSUPP => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
 enum Memory {
     Mapped(memmap2::MmapRaw),
     Heap(Box<[AtomicU64]>),
@@ -115,12 +131,13 @@ impl Index {
             file.set_len(bytes).context(what)?;
         }
         let memory = match file.std_file() {
-            Some(std_file) => Memory::Mapped(
+            Some(std_file) => Memory::Mapped({
+                preallocate(std_file, bytes).context(|| format!("allocating index {}", path.display()))?;
                 memmap2::MmapOptions::new()
                     .len(usize::try_from(bytes).expect("index fits in memory"))
                     .map_raw(std_file)
-                    .context(|| format!("mapping index {}", path.display()))?,
-            ),
+                    .context(|| format!("mapping index {}", path.display()))?
+            }),
             None => {
                 let mut raw = vec![0u8; (bytes - header::LEN as u64) as usize];
                 file.read_exact_at(&mut raw, header::LEN as u64)

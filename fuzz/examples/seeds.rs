@@ -3,8 +3,10 @@
 
 use std::{fs, path::Path};
 
+use prost::Message;
 use ringlog_engine::record;
 use ringlog_fuzz::{bases, file_path, image};
+use ringlog_service::proto::{ConsumeRequest, ProduceRequest, Record};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new("corpus").join(target);
@@ -67,5 +69,56 @@ fn main() {
             .enumerate()
     {
         write("log_model", &format!("ops-{i}"), seed);
+    }
+
+    // request_handling: a record-limit byte, then (rpc, u16 length, message bytes) triples;
+    // rpc 0 Produce, 1 Consume, 2 ConsumeStream, 3 ProduceStream.
+    let record = |value: &[u8]| Record { value: value.to_vec().into(), ..Record::default() };
+    let produce = |values: &[&[u8]]| {
+        let (first, rest) = values.split_first().unwrap();
+        ProduceRequest { record: Some(record(first)), records: rest.iter().map(|v| record(v)).collect() }
+            .encode_to_vec()
+    };
+    let consume = |offset: u64, max_records: u64| ConsumeRequest { offset, max_records }.encode_to_vec();
+    // A ProduceStream's messages, each after a u8 length.
+    let stream = |messages: &[Vec<u8>]| {
+        messages
+            .iter()
+            .flat_map(|m| std::iter::once(m.len() as u8).chain(m.iter().copied()))
+            .collect::<Vec<u8>>()
+    };
+    let session = |limit: u8, messages: &[(u8, Vec<u8>)]| {
+        let mut seed = vec![limit];
+        for (rpc, bytes) in messages {
+            seed.push(*rpc);
+            seed.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            seed.extend_from_slice(bytes);
+        }
+        seed
+    };
+    let sessions = [
+        ("produce-consume", session(2, &[(0, produce(&[b"hello"])), (1, consume(0, 0))])),
+        (
+            "batch-and-follow",
+            session(
+                2,
+                &[(0, produce(&[b"a", b"bb", b"", b"dddd"])), (1, consume(1, 10)), (2, consume(0, 2))],
+            ),
+        ),
+        (
+            "stream",
+            session(1, &[(3, stream(&[produce(&[b"x"]), produce(&[b"y", b"z"])])), (2, consume(0, 0))]),
+        ),
+        (
+            "edges",
+            session(
+                0,
+                &[(0, produce(&[b"too large"])), (1, consume(u64::MAX, u64::MAX)), (2, consume(9, 0))],
+            ),
+        ),
+        ("malformed", session(2, &[(0, vec![0x0a, 0xff]), (3, vec![0xff; 7]), (1, vec![0x08])])),
+    ];
+    for (name, seed) in sessions {
+        write("request_handling", name, &seed);
     }
 }

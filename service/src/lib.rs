@@ -53,6 +53,6 @@ pub mod tls;
 pub use acl::{Acl, Action};
 pub use auth::subject;
 pub use server::{ServeError, Server};
-pub use service::{Limits, message_bytes_max};
+pub use service::{Limits, LogService, message_bytes_max};
 pub use status::{DOMAIN, LOCALE, REASON_OUT_OF_RANGE};
 pub use tls::TlsConfig;

@@ -78,9 +78,12 @@ impl Limits {
     }
 }
 
-/// The `log.v1.Log` service.
+/// The `log.v1.Log` service: the four RPC handlers over a [`Log`].
+///
+/// A [`Server`](crate::Server) builds its own; [`LogService::standalone`] is for calling the
+/// handlers directly (the `request_handling` fuzz target does).
 #[derive(Clone, Debug)]
-pub(crate) struct LogService {
+pub struct LogService {
     log: Log,
     limits: Limits,
     /// Turns `true` when the server starts shutting down: streams stop taking new work.
@@ -92,6 +95,13 @@ impl LogService {
     pub(crate) fn new(log: Log, stop: watch::Receiver<bool>, metrics: Arc<Metrics>) -> Self {
         let limits = Limits::for_log(&log);
         LogService { log, limits, stop, metrics }
+    }
+
+    /// The service over `log` outside a server: nothing ever shuts it down, so streams end
+    /// only when their client does (or the log is closed).
+    pub fn standalone(log: Log) -> Self {
+        // The sender is dropped at once, which `stopping` reads as "no shutdown will come".
+        LogService::new(log, watch::channel(false).1)
     }
 }
 
@@ -210,9 +220,12 @@ fn to_proto(record: EngineRecord) -> Record {
     Record { value: record.value, offset: record.offset, timestamp_ms: record.timestamp_ms }
 }
 
-/// Resolves once the server is shutting down (or has gone).
+/// Resolves once the server is shutting down. Without a sender (a standalone service, or a
+/// server that ended without signalling a stop) no shutdown can come: it never resolves.
 async fn stopping(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopping| *stopping).await;
+    if stop.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// One ConsumeStream: reads from `next` on, waiting at the end of the log.
