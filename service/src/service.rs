@@ -101,7 +101,8 @@ impl LogService {
     /// only when their client does (or the log is closed).
     pub fn standalone(log: Log) -> Self {
         // The sender is dropped at once, which `stopping` reads as "no shutdown will come".
-        LogService::new(log, watch::channel(false).1)
+        let metrics = Arc::new(Metrics::new(log.clone()));
+        LogService::new(log, watch::channel(false).1, metrics)
     }
 }
 
