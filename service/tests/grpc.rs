@@ -340,3 +340,22 @@ async fn produce_stream_answers_every_request_in_order_when_pipelined() {
     assert_eq!(server.log.next_offset(), next);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn coalesced_produce_stream_requests_never_exceed_a_segment() {
+    // Requests that arrive together go to the engine as one batch; with segments of ten
+    // small records, a batch of them all would be refused, so groups must split.
+    let config = Config { store_bytes_max: 32 + 10 * 40, record_bytes_max: 16, ..config() };
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let requests = tokio_stream::iter((0..500).map(|i| produce_request(format!("v{i}"))));
+    let answers: Vec<_> =
+        client.produce_stream(requests).await.unwrap().into_inner().map(|a| a.unwrap()).collect().await;
+    assert_eq!(answers.len(), 500);
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!((answer.offset, answer.count), (i as u64, 1), "answer {i}");
+        assert_eq!(server.log.read(i as u64).unwrap().value, format!("v{i}"));
+    }
+    assert!(server.log.segment_count() >= 30, "about 14 records a segment");
+    server.stop().await.unwrap();
+}
