@@ -1,55 +1,31 @@
 //! The `ringlog` binary end to end: serve, produce, consume, SIGTERM, restart, bad config.
 
+mod process;
+
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::Path,
-    process::{Child, Command, Output, Stdio},
-    sync::mpsc,
+    process::{Command, Output, Stdio},
 };
 
-const RINGLOG: &str = env!("CARGO_BIN_EXE_ringlog");
+use process::RINGLOG;
 
-struct Serving {
-    child: Child,
-    addr: String,
-}
+/// A running `ringlog serve` (started by the shared `process` helper) and its client CLI.
+struct Serving(process::Serving);
 
-/// Starts `ringlog serve` on a free loopback port and reads the address it logs.
+/// Starts `ringlog serve` on a free loopback port.
 fn serve(dir: &Path) -> Serving {
-    let mut child = Command::new(RINGLOG)
-        .args(["serve", "--addr", "127.0.0.1:0", "--backend", "pwrite", "--durability", "always"])
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("RINGLOG_ADDR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ringlog serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    // Keeps draining stderr so that the server never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = rx
-        .iter()
-        .find_map(|line| {
-            let line = line.contains("serving").then_some(line)?;
-            let at = line.find("addr=")? + "addr=".len();
-            Some(line[at..].split_whitespace().next()?.to_owned())
-        })
-        .expect("the server logs its address");
-    Serving { child, addr }
+    let args = ["--backend", "pwrite", "--durability", "always"];
+    Serving(
+        process::serve(dir, &args).unwrap_or_else(|failed| panic!("ringlog serve did not start: {failed:?}")),
+    )
 }
 
 impl Serving {
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut child = Command::new(RINGLOG)
             .args(args)
-            .args(["--addr", &self.addr])
+            .args(["--addr", &self.0.addr.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -71,9 +47,9 @@ impl Serving {
 
     /// SIGTERM, and the exit status must be success.
     fn terminate(mut self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill").args(["-TERM", &self.0.child.id().to_string()]).status().unwrap();
         assert!(status.success());
-        let exit = self.child.wait().unwrap();
+        let exit = self.0.child.wait().unwrap();
         assert!(exit.success(), "ringlog serve exited with {exit}");
     }
 }
