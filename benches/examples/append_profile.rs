@@ -2,15 +2,12 @@
 //! (criterion's groups are in `benches/`). Usage:
 //! `append_profile BACKEND SIZE RECORDS BATCH BATCH_BYTES_MAX DURABILITY APPENDERS WINDOW`
 //! with BACKEND `pwrite|io_uring` and DURABILITY `none|always`; every argument is optional.
-use ringlog_benches::{drive_engine, static_value};
-use ringlog_engine::{Backend, Config, Durability, Log};
+use ringlog_benches::{backend_named, drive_engine, static_value};
+use ringlog_engine::{Config, Durability, Log};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let backend = match args.get(1).map(String::as_str) {
-        Some("io_uring") => Backend::IoUring,
-        _ => Backend::Pwrite,
-    };
+    let backend = backend_named(args.get(1).map(String::as_str));
     let arg = |i: usize, default: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
     let (size, records, batch) = (arg(2, 100) as usize, arg(3, 2_000_000), arg(4, 1) as usize);
     let batch_bytes_max = arg(5, Config::default().batch_bytes_max as u64) as usize;

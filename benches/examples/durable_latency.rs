@@ -7,15 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use ringlog_benches::{RawWriter, percentile, static_value};
-use ringlog_engine::{Backend, Config, Durability, Log};
+use ringlog_benches::{RawWriter, backend_named, percentile, static_value};
+use ringlog_engine::{Config, Durability, Log};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let backend = match args.get(1).map(String::as_str) {
-        Some("io_uring") => Backend::IoUring,
-        _ => Backend::Pwrite,
-    };
+    let backend = backend_named(args.get(1).map(String::as_str));
     let arg = |i: usize, default: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
     let (size, clients, rounds) = (arg(2, 1024) as usize, arg(3, 64) as usize, arg(4, 200));
     let tasks = args.get(5).is_some_and(|mode| mode == "tasks");

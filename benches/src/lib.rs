@@ -31,6 +31,14 @@ pub fn measurement_time() -> Duration {
     if full_matrix() { Duration::from_secs(10) } else { Duration::from_secs(3) }
 }
 
+/// The backend named on an example's command line: `io_uring`, else `pwrite`.
+pub fn backend_named(name: Option<&str>) -> Backend {
+    match name {
+        Some("io_uring") => Backend::IoUring,
+        _ => Backend::Pwrite,
+    }
+}
+
 /// The engine backends this machine can run, by name.
 pub fn backends() -> Vec<(&'static str, Backend)> {
     let mut backends = vec![("pwrite", Backend::Pwrite)];

@@ -43,6 +43,8 @@ use crate::{
 /// One caller's records and where to send their first offset.
 pub(crate) struct Request {
     pub(crate) values: Vec<Bytes>,
+    /// Bytes the values' frames take, computed once by `Log::submit`.
+    pub(crate) frame_bytes: u64,
     pub(crate) done: oneshot::Sender<Result<u64>>,
 }
 
@@ -209,7 +211,7 @@ impl Appender {
             while let Some(next) = message.take() {
                 match next {
                     Message::Append(request) => {
-                        bytes += request.values.iter().map(|v| record::frame_len(v.len())).sum::<usize>();
+                        bytes += request.frame_bytes as usize;
                         batch.push(request);
                     }
                     Message::Close(reply) => {
@@ -257,7 +259,7 @@ impl Appender {
             }
             // A request never spans segments (`Log::submit` bounds its size), so it is
             // visible whole or not at all.
-            let bytes: u64 = request.values.iter().map(|v| record::frame_len(v.len()) as u64).sum();
+            let bytes = request.frame_bytes;
             let (flight_len, flight_entries) = self.in_flight.as_ref().map_or((0, 0), |f| (f.len, f.entries));
             let end = segment.size() + flight_len + self.buf.len() as u64 + bytes;
             if end > self.shared.config.store_bytes_max

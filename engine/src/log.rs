@@ -239,11 +239,14 @@ impl Log {
         }
         let config = &shared.config;
         let max = config.record_bytes_max;
-        if let Some(value) = values.iter().find(|v| v.len() > max as usize) {
-            return Err(Error::RecordTooLarge { len: value.len(), max });
+        let mut bytes = 0u64;
+        for value in &values {
+            if value.len() > max as usize {
+                return Err(Error::RecordTooLarge { len: value.len(), max });
+            }
+            bytes += record::frame_len(value.len()) as u64;
         }
         // A batch must fit in one segment, so that it is appended whole or not at all.
-        let bytes: u64 = values.iter().map(|v| record::frame_len(v.len()) as u64).sum();
         let BatchLimits { records_max, bytes_max } = self.batch_limits();
         if bytes > bytes_max || values.len() > records_max {
             return Err(Error::BatchTooLarge { records: values.len(), bytes, records_max, bytes_max });
@@ -255,7 +258,10 @@ impl Log {
             return Err(shared.poison_error());
         }
         let (done, rx) = oneshot::channel();
-        self.inner.tx.send(Message::Append(Request { values, done })).map_err(|_| Error::Closed)?;
+        self.inner
+            .tx
+            .send(Message::Append(Request { values, frame_bytes: bytes, done }))
+            .map_err(|_| Error::Closed)?;
         Ok(AppendTicket { rx })
     }
 
