@@ -19,7 +19,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use ringlog_engine::{AppendTicket, Backend, Config, Log, record};
+use ringlog_engine::{AppendTicket, Backend, Config, EntryId, EntryKind, Log, record};
 
 /// Whether to run the full matrix (`RINGLOG_BENCH_FULL=1`) rather than the quick one.
 pub fn full_matrix() -> bool {
@@ -108,7 +108,7 @@ impl RawWriter {
     /// Encodes `records` frames of `value` and writes them in 64 KiB pwrites.
     pub fn append(&mut self, records: u64, value: &[u8]) {
         for offset in 0..records {
-            record::encode(&mut self.buf, offset, 0, value);
+            record::encode(&mut self.buf, EntryId { term: 0, index: offset }, EntryKind::Data, 0, value);
             if self.buf.len() >= RAW_BUFFER_BYTES {
                 self.flush();
             }
@@ -132,7 +132,7 @@ impl RawWriter {
         while offset < records {
             let start = std::time::Instant::now();
             for _ in 0..clients.min((records - offset) as usize) {
-                record::encode(&mut self.buf, offset, 0, value);
+                record::encode(&mut self.buf, EntryId { term: 0, index: offset }, EntryKind::Data, 0, value);
                 offset += 1;
             }
             self.flush();
@@ -160,7 +160,7 @@ impl RawWriter {
                 }
             });
             for offset in 0..records {
-                record::encode(&mut self.buf, offset, 0, value);
+                record::encode(&mut self.buf, EntryId { term: 0, index: offset }, EntryKind::Data, 0, value);
                 if self.buf.len() >= RAW_BUFFER_BYTES || offset + 1 == records {
                     self.flush();
                     written.store(offset + 1, Ordering::Release);

@@ -1,30 +1,40 @@
 //! The appender: one thread that owns the active segment's write side.
 //!
 //! Callers on any thread hand it requests over a channel. Each turn it takes every request
-//! waiting (up to `batch_bytes_max`), assigns offsets, encodes the frames into one buffer
-//! and writes it with one call to the backend (group commit), then publishes the records:
-//! index entries first, then the store size, then the log's next offset, each with release
-//! ordering, so a reader that sees an offset also sees its bytes. Readers never take a lock
-//! the appender holds across IO.
+//! waiting (up to `batch_bytes_max`), places each entry at the next index (records get the
+//! next index; Raft entries must carry it), encodes the frames into one buffer and writes
+//! it with one call to the backend (group commit), then publishes the entries: index
+//! entries first, then the store size, then the log's next index, each with release
+//! ordering, so a reader that sees an index also sees its bytes. Readers never take a lock
+//! the appender holds across IO. Suffix truncation, purge and explicit syncs run on this
+//! thread too, between groups, so nothing is in flight while they change the files.
 //!
 //! Acknowledgement follows the durability setting. With `Always`, written requests go to
 //! the syncer thread, which runs `fdatasync` and completes them, while the appender is
 //! already writing the next group: the two overlap. With `Interval`, the syncer syncs on a
-//! timer or byte count and requests complete on write.
+//! timer or byte count and requests complete on write. Raft appends complete twice: when
+//! published, and (their `on_durable`) when the durability setting is met.
+//!
+//! Every `fdatasync` of the log goes through [`sync_file`]: one at a time, the poison
+//! checked under the lock, so that no sync can succeed after another failed (Linux
+//! reports a writeback error to one caller only; the pages it dropped are not retried).
 //!
 //! Failure: a write or sync error poisons the log (what is on disk is unknown, and a
 //! failed fsync must never be retried). The exception is a full disk on write: the store
 //! is cut back to its published size and the affected requests fail with `DiskFull`;
-//! later appends succeed once there is space.
+//! later appends succeed once there is space. A panic on the appender or syncer thread
+//! poisons the log with the panic's message, and every waiter fails.
 
 use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    path::Path,
     sync::{
         Arc,
         atomic::Ordering,
         mpsc::{self, Receiver, RecvTimeoutError},
     },
     thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -32,7 +42,8 @@ use tracing::{error, warn};
 
 use crate::{
     config::{Durability, OFFSET_LIMIT},
-    error::{Error, Result},
+    entry::{Entry, EntryId, EntryKind},
+    error::{Error, IoContext, Result},
     index,
     io::{DiskFile, PendingWrite},
     log::Shared,
@@ -40,32 +51,147 @@ use crate::{
     segment::Segment,
 };
 
-/// One caller's records and where to send their first offset.
+/// What a request appends: records (placed at the next indexes as data entries of the
+/// current term) or entries whose index and term the caller chose (Raft).
+pub(crate) enum Payload {
+    Records(Vec<Bytes>),
+    Entries(Vec<Entry>),
+}
+
+impl Payload {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Records(values) => values.len(),
+            Payload::Entries(entries) => entries.len(),
+        }
+    }
+}
+
+/// Called once an append is durable (or failed); see [`Done::Entries`].
+pub(crate) type OnDurable = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// How a request is completed.
+pub(crate) enum Done {
+    /// With the first record's offset, once the durability setting is met.
+    Offset(OffsetSender),
+    /// Raft appends: `published` when the entries are readable, `on_durable` once the
+    /// durability setting is met.
+    Entries { published: oneshot::Sender<Result<()>>, on_durable: DurableCallback },
+}
+
+/// A ticket's sender that always answers: if the appender drops it unanswered (its
+/// thread panicked), the ticket learns that the log is poisoned.
+pub(crate) struct OffsetSender(Option<oneshot::Sender<Result<u64>>>);
+
+impl OffsetSender {
+    pub(crate) fn new(sender: oneshot::Sender<Result<u64>>) -> Self {
+        OffsetSender(Some(sender))
+    }
+
+    fn send(mut self, result: Result<u64>) {
+        if let Some(sender) = self.0.take() {
+            let _ = sender.send(result);
+        }
+    }
+}
+
+impl Drop for OffsetSender {
+    fn drop(&mut self) {
+        if let Some(sender) = self.0.take() {
+            let _ = sender.send(Err(Error::Poisoned(STOPPED.into())));
+        }
+    }
+}
+
+const STOPPED: &str = "the appender stopped without completing this append (see the log's poison reason)";
+
+/// An `on_durable` that is always called: if the appender drops it unanswered (its thread
+/// panicked), it reports that the log is poisoned.
+pub(crate) struct DurableCallback(Option<OnDurable>);
+
+impl DurableCallback {
+    pub(crate) fn new(callback: OnDurable) -> Self {
+        DurableCallback(Some(callback))
+    }
+
+    fn call(mut self, result: Result<()>) {
+        if let Some(callback) = self.0.take() {
+            callback(result);
+        }
+    }
+}
+
+impl Drop for DurableCallback {
+    fn drop(&mut self) {
+        if let Some(callback) = self.0.take() {
+            callback(Err(Error::Poisoned(STOPPED.into())));
+        }
+    }
+}
+
+/// One caller's records or entries and how to complete them.
 pub(crate) struct Request {
-    pub(crate) values: Vec<Bytes>,
-    /// Bytes the values' frames take, computed once by `Log::submit`.
+    pub(crate) payload: Payload,
+    /// Bytes the frames take, computed once by `Log::submit`.
     pub(crate) frame_bytes: u64,
-    pub(crate) done: oneshot::Sender<Result<u64>>,
+    pub(crate) done: Done,
 }
 
 pub(crate) enum Message {
     Append(Request),
+    /// Make everything appended before this message durable.
+    Sync(oneshot::Sender<Result<()>>),
+    /// Remove every entry after the index (`None`: every entry); see `Log::truncate_after`.
+    TruncateAfter(Option<u64>, oneshot::Sender<Result<()>>),
+    /// Purge every entry up to the id; see `Log::purge`.
+    Purge(EntryId, oneshot::Sender<Result<()>>),
     /// Finish queued work, sync, trim the index, then reply and stop.
     Close(oneshot::Sender<Result<()>>),
 }
 
-/// A written request waiting for its acknowledgement.
+/// The acknowledgement a written request is still owed.
+enum Ack {
+    Offset(OffsetSender, u64),
+    Durable(DurableCallback),
+}
+
+impl Ack {
+    fn complete(self, result: Result<()>) {
+        match self {
+            Ack::Offset(done, first) => done.send(result.map(|()| first)),
+            Ack::Durable(callback) => callback.call(result),
+        }
+    }
+}
+
+/// A written request waiting to be published.
 struct Written {
-    done: oneshot::Sender<Result<u64>>,
+    done: Done,
+    /// The offset of its first record.
     first: u64,
 }
 
-/// Work for the syncer: sync `file` so that offsets below `upto` are durable, then
-/// complete `waiters`.
-struct SyncJob {
-    file: Arc<dyn DiskFile>,
-    upto: u64,
-    waiters: Vec<Written>,
+impl Written {
+    /// The request's entries are readable: the Raft caller learns it now.
+    fn published(self) -> Ack {
+        match self.done {
+            Done::Offset(done) => Ack::Offset(done, self.first),
+            Done::Entries { published, on_durable } => {
+                let _ = published.send(Ok(()));
+                Ack::Durable(on_durable)
+            }
+        }
+    }
+
+    fn fail(self, error: Error) {
+        match self.done {
+            Done::Offset(done) => done.send(Err(error)),
+            Done::Entries { published, on_durable } => {
+                let _ = published.send(Err(error.duplicate()));
+                on_durable.call(Err(error));
+            }
+        }
+    }
 }
 
 /// A group commit handed to the backend and not yet published: with io_uring the
@@ -75,9 +201,9 @@ struct InFlight {
     write: PendingWrite,
     position: u64,
     len: u64,
-    /// Index entries (records) the group carries.
+    /// Index entries (log entries) the group carries.
     entries: u32,
-    /// The appender's next offset once the group is published.
+    /// The appender's next index once the group is published.
     next: u64,
     written: Vec<Written>,
 }
@@ -85,8 +211,10 @@ struct InFlight {
 pub(crate) struct Appender {
     shared: Arc<Shared>,
     rx: Receiver<Message>,
-    /// Next offset to assign; equals the published next offset when nothing is in flight.
+    /// Next index to assign; equals the published next index when nothing is in flight.
     next: u64,
+    /// The term of the last entry encoded (records get it too).
+    last_term: u64,
     buf: Vec<u8>,
     /// A spare buffer, swapped with `buf` while a group is in flight.
     spare: Vec<u8>,
@@ -146,7 +274,7 @@ fn flight_entries_of(in_flight: &Option<InFlight>) -> u32 {
     in_flight.as_ref().map_or(0, |f| f.entries)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -154,27 +282,86 @@ fn is_disk_full(error: &std::io::Error) -> bool {
     error.raw_os_error() == Some(libc::ENOSPC) || error.kind() == std::io::ErrorKind::StorageFull
 }
 
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(message), _) => (*message).to_string(),
+        (_, Some(message)) => message.clone(),
+        _ => "a panic without a message".into(),
+    }
+}
+
+/// Runs `body` on a named thread; a panic poisons the log with its message, so every
+/// later call fails with the reason (waiters it dropped fail through their own `Drop`).
+fn spawn_guarded(
+    name: &str,
+    shared: &Arc<Shared>,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<thread::JoinHandle<()>> {
+    let shared = Arc::clone(shared);
+    let thread_name = name.to_string();
+    thread::Builder::new().name(name.into()).spawn(move || {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(body)) {
+            let reason = format!("the {thread_name} thread panicked: {}", panic_message(panic.as_ref()));
+            error!(%reason, "poisoning the log");
+            shared.set_poison_reason(&reason);
+        }
+    })
+}
+
+/// The one way the log runs `fdatasync`: serialized, the poison checked under the lock, so
+/// a sync never succeeds after another one failed (Linux reports a writeback error to one
+/// caller per file and drops the pages; a later sync would succeed without them). On
+/// success every index below `upto` (at most the published next index) is durable.
+pub(crate) fn sync_file(shared: &Shared, file: &dyn DiskFile, path: &Path, upto: u64) -> Result<()> {
+    let _one_at_a_time = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+    if shared.poison.get().is_some() {
+        return Err(shared.poison_error());
+    }
+    let started = Instant::now();
+    match file.sync_data() {
+        Ok(()) => {
+            shared.stats.record_sync(started.elapsed());
+            let published = shared.next_index.load(Ordering::Acquire);
+            shared.durable_index.fetch_max(upto.min(published), Ordering::AcqRel);
+            // Readers of a log with `Durability::Always` wait for this, not for the append.
+            shared.appended.notify(usize::MAX);
+            Ok(())
+        }
+        Err(source) => {
+            // Never retried: the kernel may have dropped the dirty pages, so a later
+            // success would prove nothing.
+            let error = Error::io(format!("fdatasync of {} failed", path.display()), source);
+            error!(%error, "poisoning the log");
+            shared.set_poison(&error);
+            Err(error)
+        }
+    }
+}
+
 impl Appender {
     pub(crate) fn spawn(
         shared: Arc<Shared>,
         rx: Receiver<Message>,
+        last_term: u64,
     ) -> std::io::Result<thread::JoinHandle<()>> {
         let syncer = match shared.config.durability {
             Durability::None => None,
             durability => {
                 let (tx, jobs) = mpsc::channel();
-                let shared = Arc::clone(&shared);
-                let handle = thread::Builder::new()
-                    .name("ringlog-syncer".into())
-                    .spawn(move || run_syncer(&shared, &jobs, durability))?;
+                let syncer_shared = Arc::clone(&shared);
+                let handle = spawn_guarded("ringlog-syncer", &shared, move || {
+                    run_syncer(&syncer_shared, &jobs, durability)
+                })?;
                 Some((tx, handle))
             }
         };
-        let next = shared.next_offset.load(Ordering::Acquire);
+        let next = shared.next_index.load(Ordering::Acquire);
         let appender = Appender {
-            shared,
+            shared: Arc::clone(&shared),
             rx,
             next,
+            last_term,
             buf: Vec::new(),
             spare: Vec::new(),
             in_flight: None,
@@ -182,20 +369,19 @@ impl Appender {
             syncer,
             unsynced_bytes: 0,
         };
-        thread::Builder::new().name("ringlog-appender".into()).spawn(move || appender.run())
+        spawn_guarded("ringlog-appender", &shared, move || appender.run())
     }
 
     fn run(mut self) {
         let mut batch = Vec::new();
-        let mut close = None;
-        while close.is_none() {
+        loop {
             let first = match self.rx.try_recv() {
                 Ok(message) => message,
                 Err(mpsc::TryRecvError::Disconnected) => break,
                 Err(mpsc::TryRecvError::Empty) => {
                     // Nothing more to overlap with: complete the group in flight first.
                     let _ = self.finish_in_flight();
-                    let waiting = std::time::Instant::now();
+                    let waiting = Instant::now();
                     let spin_for = self.idle.spin_for();
                     let message =
                         spin_then_park(spin_for, || self.rx.try_recv().ok(), || self.rx.recv().ok());
@@ -207,6 +393,7 @@ impl Appender {
                 }
             };
             let mut bytes = 0;
+            let mut control = None;
             let mut message = Some(first);
             while let Some(next) = message.take() {
                 match next {
@@ -214,8 +401,8 @@ impl Appender {
                         bytes += request.frame_bytes as usize;
                         batch.push(request);
                     }
-                    Message::Close(reply) => {
-                        close = Some(reply);
+                    other => {
+                        control = Some(other);
                         break;
                     }
                 }
@@ -224,12 +411,70 @@ impl Appender {
                 }
             }
             self.commit(std::mem::take(&mut batch));
+            match control {
+                None | Some(Message::Append(_)) => {}
+                Some(Message::Sync(reply)) => {
+                    let _ = reply.send(self.sync_now());
+                }
+                Some(Message::TruncateAfter(index, reply)) => {
+                    let _ = reply.send(self.truncate_after(index));
+                }
+                Some(Message::Purge(id, reply)) => {
+                    let _ = reply.send(self.purge(id));
+                }
+                Some(Message::Close(reply)) => {
+                    let _ = self.finish_in_flight();
+                    let result = self.shutdown();
+                    self.refuse_queued();
+                    let _ = reply.send(result);
+                    return;
+                }
+            }
         }
         let _ = self.finish_in_flight();
-        let result = self.shutdown();
-        if let Some(reply) = close {
-            let _ = reply.send(result);
+        let _ = self.shutdown();
+    }
+
+    /// Answers whatever reached the channel after `Close` with `Closed`.
+    fn refuse_queued(&self) {
+        for message in self.rx.try_iter() {
+            match message {
+                Message::Append(request) => Written { done: request.done, first: 0 }.fail(Error::Closed),
+                Message::Sync(reply) | Message::TruncateAfter(_, reply) | Message::Purge(_, reply) => {
+                    let _ = reply.send(Err(Error::Closed));
+                }
+                Message::Close(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
         }
+    }
+
+    /// The offset the next data entry gets.
+    fn next_offset(&self) -> u64 {
+        self.shared.offsets.read().unwrap_or_else(|p| p.into_inner()).offset_of(self.next)
+    }
+
+    /// Checks that a request's entries continue the log at the indexes they carry.
+    fn check_entries(&self, entries: &[Entry]) -> Result<()> {
+        let mut term = self.last_term;
+        for (i, entry) in entries.iter().enumerate() {
+            let expected = self.next + i as u64;
+            if entry.id.index != expected {
+                return Err(Error::InvalidEntry {
+                    index: entry.id.index,
+                    reason: format!("the log's next index is {expected}"),
+                });
+            }
+            if entry.id.term < term {
+                return Err(Error::InvalidEntry {
+                    index: entry.id.index,
+                    reason: format!("term {} is below the previous entry's term {term}", entry.id.term),
+                });
+            }
+            term = entry.id.term;
+        }
+        Ok(())
     }
 
     /// Encodes one group of requests and hands it to the backend; the group is published
@@ -240,7 +485,7 @@ impl Appender {
         }
         if self.shared.poison.get().is_some() {
             for request in batch {
-                let _ = request.done.send(Err(self.shared.poison_error()));
+                Written { done: request.done, first: 0 }.fail(self.shared.poison_error());
             }
             return;
         }
@@ -250,11 +495,18 @@ impl Appender {
         let mut written: Vec<Written> = Vec::with_capacity(batch.len());
         let mut requests = batch.into_iter();
         let mut failure = None;
+        let mut next_offset = self.next_offset();
         for request in requests.by_ref() {
-            let first = self.next;
-            let count = request.values.len() as u32;
-            if first + u64::from(count) > OFFSET_LIMIT {
-                let _ = request.done.send(Err(Error::OffsetsExhausted { next: first, limit: OFFSET_LIMIT }));
+            let count = request.payload.len() as u32;
+            if self.next + u64::from(count) > OFFSET_LIMIT {
+                let error = Error::OffsetsExhausted { next: self.next, limit: OFFSET_LIMIT };
+                Written { done: request.done, first: 0 }.fail(error);
+                continue;
+            }
+            if let Payload::Entries(list) = &request.payload
+                && let Err(error) = self.check_entries(list)
+            {
+                Written { done: request.done, first: 0 }.fail(error);
                 continue;
             }
             // A request never spans segments (`Log::submit` bounds its size), so it is
@@ -282,27 +534,55 @@ impl Appender {
                 }
             }
             let flight_len = self.in_flight.as_ref().map_or(0, |f| f.len);
-            for value in &request.values {
-                let position = segment.size() + flight_len + self.buf.len() as u64;
-                record::encode(&mut self.buf, self.next, timestamp_ms, value);
+            let first = next_offset;
+            let mut push = |this: &mut Self, position: u64, data: bool| {
                 let position = u32::try_from(position).expect("store_bytes_max fits u32");
-                segment.index.push_unpublished(flight_entries_of(&self.in_flight) + entries, position);
+                segment.index.push_unpublished(flight_entries_of(&this.in_flight) + entries, position);
                 entries += 1;
-                self.next += 1;
+                if data {
+                    next_offset += 1;
+                } else {
+                    this.shared.offsets.write().unwrap_or_else(|p| p.into_inner()).push(this.next);
+                }
+                this.next += 1;
+            };
+            match &request.payload {
+                Payload::Records(values) => {
+                    for value in values {
+                        let position = segment.size() + flight_len + self.buf.len() as u64;
+                        let id = EntryId { term: self.last_term, index: self.next };
+                        record::encode(&mut self.buf, id, EntryKind::Data, timestamp_ms, value);
+                        push(self, position, true);
+                    }
+                }
+                Payload::Entries(list) => {
+                    for entry in list {
+                        let position = segment.size() + flight_len + self.buf.len() as u64;
+                        record::encode(
+                            &mut self.buf,
+                            entry.id,
+                            entry.kind,
+                            entry.timestamp_ms,
+                            &entry.payload,
+                        );
+                        self.last_term = entry.id.term;
+                        push(self, position, entry.kind == EntryKind::Data);
+                    }
+                }
             }
             written.push(Written { done: request.done, first });
         }
         if let Some((error, request)) = failure {
-            let _ = request.done.send(Err(self.failure(&error)));
+            Written { done: request.done, first: 0 }.fail(self.failure(&error));
             for request in requests {
-                let _ = request.done.send(Err(self.failure(&error)));
+                Written { done: request.done, first: 0 }.fail(self.failure(&error));
             }
             return;
         }
         // Pipeline: the previous group completes while this one was being encoded.
         if let Err(error) = self.finish_in_flight() {
             for w in written {
-                let _ = w.done.send(Err(self.failure(&error)));
+                w.fail(self.failure(&error));
             }
             return;
         }
@@ -317,7 +597,7 @@ impl Appender {
     fn start(&mut self, segment: &Arc<Segment>, entries: u32, written: Vec<Written>) -> Result<()> {
         assert!(self.in_flight.is_none(), "one group in flight at a time");
         if self.buf.is_empty() {
-            assert!(written.is_empty(), "requests without records");
+            assert!(written.is_empty(), "requests without entries");
             return Ok(());
         }
         let position = segment.size();
@@ -340,16 +620,19 @@ impl Appender {
         if let Err(source) = result {
             let error = self.write_failed(segment, flight.position, flight.len, source);
             self.buf.clear();
-            self.next = self.shared.next_offset.load(Ordering::Acquire);
+            self.next = self.shared.next_index.load(Ordering::Acquire);
+            self.shared.offsets.write().unwrap_or_else(|p| p.into_inner()).truncate_from(self.next);
+            self.last_term = self.shared.last_term_before(self.next);
             for w in flight.written {
-                let _ = w.done.send(Err(self.failure(&error)));
+                w.fail(self.failure(&error));
             }
             return Err(error);
         }
         segment.index.publish(flight.entries);
         segment.store.set_size(flight.position + flight.len);
         self.publish(flight.len, u64::from(flight.entries), flight.next);
-        self.acknowledge(flight.written, segment);
+        let acks = flight.written.into_iter().map(Written::published).collect();
+        self.acknowledge(acks, segment);
         Ok(())
     }
 
@@ -375,33 +658,26 @@ impl Appender {
         ))
     }
 
-    fn publish(&mut self, bytes: u64, records: u64, next: u64) {
+    fn publish(&mut self, bytes: u64, entries: u64, next: u64) {
         let shared = &self.shared;
         shared.stats.bytes_appended.fetch_add(bytes, Ordering::Relaxed);
-        shared.stats.records_appended.fetch_add(records, Ordering::Relaxed);
+        shared.stats.records_appended.fetch_add(entries, Ordering::Relaxed);
         shared.stats.writes.fetch_add(1, Ordering::Relaxed);
-        shared.next_offset.store(next, Ordering::Release);
+        shared.next_index.store(next, Ordering::Release);
         shared.appended.notify(usize::MAX);
         self.unsynced_bytes += bytes;
     }
 
     /// Seals `segment` and starts the next one. The order keeps every failure safe: the
-    /// old store is synced first (a sealed segment never has a torn tail); a new segment
-    /// that cannot be created (full disk) leaves the old one active and appendable; the
-    /// old index is trimmed only once nothing will be appended to it again.
+    /// old store is synced first (a sealed segment never has a torn tail); the offset map
+    /// is checkpointed (so recovery never scans a sealed segment for non-data entries); a
+    /// new segment that cannot be created (full disk) leaves the old one active and
+    /// appendable; the old index is trimmed only once nothing will be appended to it again.
     fn roll(&mut self, segment: &Arc<Segment>) -> Result<Arc<Segment>> {
-        use crate::error::IoContext;
-        let started = std::time::Instant::now();
-        let synced = segment
-            .store
-            .file()
-            .sync_data()
-            .context(|| format!("syncing {}", segment.store.path().display()));
-        if let Err(error) = synced {
-            return Err(self.poison(error));
+        sync_file(&self.shared, segment.store.file().as_ref(), segment.store.path(), segment.next_index())?;
+        if self.shared.offsets.read().unwrap_or_else(|p| p.into_inner()).parts() != (0, &[][..]) {
+            self.shared.write_meta(|_| {})?;
         }
-        self.shared.stats.record_sync(started.elapsed());
-        self.shared.durable_offset.fetch_max(segment.next_offset(), Ordering::AcqRel);
         let capacity = index::capacity(self.shared.config.index_bytes_max);
         let next = match Segment::create(self.shared.disk.as_ref(), &self.shared.dir, self.next, capacity) {
             Ok(next) => Arc::new(next),
@@ -417,42 +693,177 @@ impl Appender {
         Ok(next)
     }
 
-    fn acknowledge(&mut self, written: Vec<Written>, segment: &Arc<Segment>) {
-        let upto = self.shared.next_offset.load(Ordering::Acquire);
+    fn acknowledge(&mut self, acks: Vec<Ack>, segment: &Arc<Segment>) {
+        let upto = self.shared.next_index.load(Ordering::Acquire);
+        let job = |waiters| SyncJob::Sync {
+            file: Arc::clone(segment.store.file()),
+            path: segment.store.path().into(),
+            upto,
+            waiters,
+        };
         match (self.shared.config.durability, &self.syncer) {
-            (Durability::Always, Some((jobs, _))) if !written.is_empty() => {
-                let job = SyncJob { file: Arc::clone(segment.store.file()), upto, waiters: written };
-                if let Err(mpsc::SendError(job)) = jobs.send(job) {
-                    for w in job.waiters {
-                        let _ = w.done.send(Err(Error::Closed));
+            (Durability::Always, Some((jobs, _))) if !acks.is_empty() => {
+                if let Err(mpsc::SendError(SyncJob::Sync { waiters, .. })) = jobs.send(job(acks)) {
+                    for ack in waiters {
+                        ack.complete(Err(self.shared.poison_error()));
                     }
                 }
             }
             (Durability::Interval { bytes, .. }, Some((jobs, _))) => {
-                for w in written {
-                    let _ = w.done.send(Ok(w.first));
+                for ack in acks {
+                    ack.complete(Ok(()));
                 }
                 if self.unsynced_bytes >= bytes {
                     self.unsynced_bytes = 0;
-                    let job = SyncJob { file: Arc::clone(segment.store.file()), upto, waiters: Vec::new() };
-                    let _ = jobs.send(job);
+                    let _ = jobs.send(job(Vec::new()));
                 }
             }
             _ => {
-                for w in written {
-                    let _ = w.done.send(Ok(w.first));
+                for ack in acks {
+                    ack.complete(Ok(()));
                 }
             }
         }
     }
 
-    /// The error each caller affected by `error` gets (errors are not `Clone`).
+    /// Waits until the syncer has finished every job sent so far.
+    fn drain_syncer(&self) {
+        if let Some((jobs, _)) = &self.syncer {
+            let (drained, done) = oneshot::channel();
+            if jobs.send(SyncJob::Drained(drained)).is_ok() {
+                let _ = done.recv();
+            }
+        }
+    }
+
+    /// Makes every published entry durable (`Log::sync`, `Log::save_vote`).
+    fn sync_now(&mut self) -> Result<()> {
+        self.finish_in_flight()?;
+        self.drain_syncer();
+        let segment = self.shared.active();
+        sync_file(&self.shared, segment.store.file().as_ref(), segment.store.path(), self.next)
+    }
+
+    /// Removes every entry after `after` (`None`: every entry the log holds); see the
+    /// suffix truncation section of `docs/format.md` for the order of the steps.
+    fn truncate_after(&mut self, after: Option<u64>) -> Result<()> {
+        self.finish_in_flight()?;
+        self.drain_syncer();
+        if self.shared.poison.get().is_some() {
+            return Err(self.shared.poison_error());
+        }
+        let first = self.shared.first_index.load(Ordering::Acquire);
+        let keep_to = after.map_or(first, |index| index.saturating_add(1).max(first));
+        if keep_to >= self.next {
+            return Ok(());
+        }
+        let shared = Arc::clone(&self.shared);
+        let (disk, dir) = (shared.disk.as_ref(), shared.dir.as_path());
+        let sync_dir = || disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()));
+        let result = (|| {
+            // Whole segments from `keep_to` on, newest first, each unlink durable before the
+            // next so that a crash leaves a prefix of the log, never a hole.
+            let was_active = shared.active();
+            loop {
+                let removed = {
+                    let mut segments = shared.segments.write().unwrap_or_else(|p| p.into_inner());
+                    let last = segments.last().expect("a log always has a segment");
+                    if segments.len() == 1 || last.base() < keep_to {
+                        break;
+                    }
+                    shared.truncations.fetch_add(1, Ordering::AcqRel);
+                    segments.pop().expect("checked above")
+                };
+                removed.remove(disk)?;
+                sync_dir()?;
+            }
+            let segment = shared.active();
+            let relative = u32::try_from(keep_to.saturating_sub(segment.base())).expect("within the segment");
+            let cut_at = segment.frame_start(keep_to.max(segment.base()));
+            {
+                let _no_sync = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+                shared.truncations.fetch_add(1, Ordering::AcqRel);
+                segment.index.cut(relative);
+                shared.next_index.store(keep_to, Ordering::Release);
+                let durable = shared.durable_index.load(Ordering::Acquire);
+                shared.durable_index.store(durable.min(keep_to), Ordering::Release);
+                segment.store.truncate(cut_at)?;
+            }
+            if !Arc::ptr_eq(&segment, &was_active) {
+                // A sealed segment keeps its trimmed index: a new active segment follows it
+                // (and replaces it when nothing of it is left).
+                if relative == 0 {
+                    shared.segments.write().unwrap_or_else(|p| p.into_inner()).pop();
+                    segment.remove(disk)?;
+                    sync_dir()?;
+                }
+                let capacity = index::capacity(shared.config.index_bytes_max);
+                let active = Arc::new(Segment::create(disk, dir, keep_to, capacity)?);
+                shared.segments.write().unwrap_or_else(|p| p.into_inner()).push(active);
+            }
+            Ok(())
+        })();
+        self.next = keep_to;
+        self.shared.offsets.write().unwrap_or_else(|p| p.into_inner()).truncate_from(keep_to);
+        self.last_term = self.shared.last_term_before(keep_to);
+        self.shared.appended.notify(usize::MAX);
+        match result {
+            Ok(()) => self.shared.write_meta(|_| {}),
+            Err(error) => Err(self.poison(error)),
+        }
+    }
+
+    /// Purges every entry up to `upto`: durably recorded first, then whole segments below
+    /// it are deleted. A purge past the last entry empties the log, which goes on at
+    /// `upto.index + 1`.
+    fn purge(&mut self, upto: EntryId) -> Result<()> {
+        self.finish_in_flight()?;
+        let new_first = upto.index.saturating_add(1);
+        let first = self.shared.first_index.load(Ordering::Acquire);
+        if new_first <= first {
+            return Ok(());
+        }
+        self.shared.offsets.write().unwrap_or_else(|p| p.into_inner()).forget_below(new_first.min(self.next));
+        self.shared.write_meta(|file| file.meta.purged = Some(upto))?;
+        if new_first < self.next {
+            self.shared.first_index.store(new_first, Ordering::Release);
+            return self.shared.drop_front(|segment| segment.next_index() <= new_first).map(|_| ());
+        }
+        // Past the end: every segment goes, and an empty one starts at `new_first`.
+        self.drain_syncer();
+        let shared = Arc::clone(&self.shared);
+        let (disk, dir) = (shared.disk.as_ref(), shared.dir.as_path());
+        let capacity = index::capacity(shared.config.index_bytes_max);
+        let result = (|| {
+            let old: Vec<Arc<Segment>> = {
+                let _no_sync = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let mut segments = shared.segments.write().unwrap_or_else(|p| p.into_inner());
+                shared.truncations.fetch_add(1, Ordering::AcqRel);
+                let old = std::mem::take(&mut *segments);
+                for segment in old.iter().rev() {
+                    segment.remove(disk)?;
+                }
+                disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
+                segments.push(Arc::new(Segment::create(disk, dir, new_first, capacity)?));
+                shared.first_index.store(new_first, Ordering::Release);
+                shared.next_index.store(new_first, Ordering::Release);
+                shared.durable_index.store(new_first, Ordering::Release);
+                old
+            };
+            drop(old);
+            Ok(())
+        })();
+        self.next = new_first;
+        self.last_term = upto.term;
+        self.shared.appended.notify(usize::MAX);
+        result.map_err(|error| self.poison(error))
+    }
+
+    /// The error each caller affected by `error` gets: a full disk as it is, anything else
+    /// as the poison it caused.
     fn failure(&self, error: &Error) -> Error {
         match error {
-            Error::DiskFull { path, source } => Error::DiskFull {
-                path: path.clone(),
-                source: std::io::Error::new(source.kind(), source.to_string()),
-            },
+            Error::DiskFull { .. } => error.duplicate(),
             _ => self.shared.poison_error(),
         }
     }
@@ -462,27 +873,36 @@ impl Appender {
         error
     }
 
-    /// Drains the syncer, then syncs and trims the active segment.
+    /// Drains the syncer, then syncs and trims the active segment and writes the
+    /// metadata a `save_committed` left unwritten. A poisoned log reports its poison.
     fn shutdown(&mut self) -> Result<()> {
         if let Some((jobs, handle)) = self.syncer.take() {
             drop(jobs);
             let _ = handle.join();
         }
-        let segment = self.shared.active();
         if self.shared.poison.get().is_some() {
             // What is on disk is unknown; recovery decides on reopen.
-            return Ok(());
+            return Err(self.shared.poison_error());
         }
-        use crate::error::IoContext;
-        segment.store.file().sync_data().context(|| format!("syncing {}", segment.store.path().display()))?;
+        let segment = self.shared.active();
+        sync_file(&self.shared, segment.store.file().as_ref(), segment.store.path(), self.next)?;
         segment.index.trim()?;
-        let published = self.shared.next_offset.load(Ordering::Acquire);
-        self.shared.durable_offset.fetch_max(published, Ordering::AcqRel);
+        if self.shared.meta_unwritten.load(Ordering::Acquire) {
+            self.shared.write_meta(|_| {})?;
+        }
         Ok(())
     }
 }
 
-/// The syncer thread: makes written records durable while the appender keeps writing.
+/// Work for the syncer thread.
+enum SyncJob {
+    /// Sync `file` so that indexes below `upto` are durable, then complete `waiters`.
+    Sync { file: Arc<dyn DiskFile>, path: Arc<Path>, upto: u64, waiters: Vec<Ack> },
+    /// Answered once every job sent before it is done.
+    Drained(oneshot::Sender<()>),
+}
+
+/// The syncer thread: makes written entries durable while the appender keeps writing.
 fn run_syncer(shared: &Shared, jobs: &Receiver<SyncJob>, durability: Durability) {
     let interval = match durability {
         Durability::Interval { interval_ms, .. } => Some(Duration::from_millis(interval_ms)),
@@ -503,53 +923,58 @@ fn run_syncer(shared: &Shared, jobs: &Receiver<SyncJob>, durability: Durability)
         let mut batch: Vec<SyncJob> = first.into_iter().collect();
         batch.extend(jobs.try_iter());
         if batch.is_empty() {
-            // The interval passed: sync the active segment if anything is unsynced.
-            let next = shared.next_offset.load(Ordering::Acquire);
-            if shared.durable_offset.load(Ordering::Acquire) >= next || shared.poison.get().is_some() {
+            // The interval passed: sync the active segment if anything is unsynced. The
+            // next index is read before the segment, so the segment holds every entry
+            // below it that an earlier roll did not already sync.
+            let next = shared.next_index.load(Ordering::Acquire);
+            if shared.durable_index.load(Ordering::Acquire) >= next || shared.poison.get().is_some() {
                 continue;
             }
-            let file = Arc::clone(shared.active().store.file());
-            batch.push(SyncJob { file, upto: next, waiters: Vec::new() });
+            let segment = shared.active();
+            let path = segment.store.path().into();
+            batch.push(SyncJob::Sync {
+                file: Arc::clone(segment.store.file()),
+                path,
+                upto: next,
+                waiters: Vec::new(),
+            });
         }
         sync_batch(shared, batch);
     }
 }
 
+/// Syncs each file of the batch once (the highest `upto` of its jobs) and completes the
+/// waiters: with success only if every sync succeeded.
 fn sync_batch(shared: &Shared, batch: Vec<SyncJob>) {
-    let upto = batch.iter().map(|job| job.upto).max().unwrap_or(0);
-    let mut result = match shared.poison.get() {
-        Some(reason) => Err(Error::Poisoned(Arc::clone(reason))),
-        None => Ok(()),
-    };
-    let mut synced: Vec<*const ()> = Vec::new();
-    for job in &batch {
-        let key = Arc::as_ptr(&job.file).cast::<()>();
-        if result.is_err() || synced.contains(&key) {
-            continue;
-        }
-        synced.push(key);
-        let started = std::time::Instant::now();
-        if let Err(source) = job.file.sync_data() {
-            // Never retried: after a failed fsync the kernel may have dropped the dirty
-            // pages, so a later success would prove nothing.
-            let error = Error::io("fdatasync failed", source);
-            error!(%error, "poisoning the log");
-            shared.set_poison(&error);
-            result = Err(error);
-        } else {
-            shared.stats.record_sync(started.elapsed());
-        }
-    }
-    if result.is_ok() {
-        shared.durable_offset.fetch_max(upto, Ordering::AcqRel);
-    }
+    let mut files: Vec<(Arc<dyn DiskFile>, Arc<Path>, u64)> = Vec::new();
+    let mut waiters = Vec::new();
+    let mut drained = Vec::new();
     for job in batch {
-        for w in job.waiters {
-            let reply = match &result {
-                Ok(()) => Ok(w.first),
-                Err(_) => Err(shared.poison_error()),
-            };
-            let _ = w.done.send(reply);
+        match job {
+            SyncJob::Sync { file, path, upto, waiters: acks } => {
+                waiters.extend(acks);
+                match files.iter_mut().find(|(known, ..)| Arc::ptr_eq(known, &file)) {
+                    Some((_, _, known_upto)) => *known_upto = (*known_upto).max(upto),
+                    None => files.push((file, path, upto)),
+                }
+            }
+            SyncJob::Drained(reply) => drained.push(reply),
         }
+    }
+    let mut result = Ok(());
+    for (file, path, upto) in &files {
+        result = sync_file(shared, file.as_ref(), path, *upto);
+        if result.is_err() {
+            break;
+        }
+    }
+    for ack in waiters {
+        ack.complete(match &result {
+            Ok(()) => Ok(()),
+            Err(_) => Err(shared.poison_error()),
+        });
+    }
+    for reply in drained {
+        let _ = reply.send(());
     }
 }

@@ -107,6 +107,13 @@ impl Config {
         if self.store_bytes_max > u64::from(u32::MAX) {
             return fail(format!("store_bytes_max {} exceeds {}", self.store_bytes_max, u32::MAX));
         }
+        if self.record_bytes_max > record::VALUE_LEN_LIMIT {
+            return fail(format!(
+                "record_bytes_max {} exceeds what a frame holds ({})",
+                self.record_bytes_max,
+                record::VALUE_LEN_LIMIT
+            ));
+        }
         let largest = store::HEADER_LEN as u64 + record::frame_len(self.record_bytes_max as usize) as u64;
         if self.store_bytes_max < largest {
             return fail(format!(

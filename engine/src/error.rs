@@ -96,6 +96,28 @@ pub enum Error {
     /// The log was closed.
     #[error("log is closed")]
     Closed,
+    /// Another process (or another open `Log` in this one) has the data directory open.
+    #[error("data directory {} is in use ({holder}); stop the other ringlog first", dir.display())]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// Who holds it, where known (`locked by process 1234`).
+        holder: String,
+    },
+    /// An entry given to `append_entries` does not continue the log.
+    #[error("entry at index {index} cannot be appended: {reason}")]
+    InvalidEntry {
+        /// The entry's index.
+        index: u64,
+        /// Why not.
+        reason: String,
+    },
+    /// The entries being read were removed by a suffix truncation meanwhile.
+    #[error("entry {index} was removed by a truncation while it was read; read again")]
+    Truncated {
+        /// The first index of the read.
+        index: u64,
+    },
     /// The configuration cannot work.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
@@ -108,6 +130,42 @@ impl Error {
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, position: u64, reason: impl ToString) -> Self {
         Error::Corrupt { path: path.into(), position, reason: reason.to_string() }
+    }
+
+    /// A copy for a second caller affected by the same failure (errors are not `Clone`:
+    /// an IO error's source is copied as its kind and message).
+    pub(crate) fn duplicate(&self) -> Error {
+        let io = |source: &io::Error| io::Error::new(source.kind(), source.to_string());
+        match self {
+            Error::OffsetNotWritten { offset, next } => {
+                Error::OffsetNotWritten { offset: *offset, next: *next }
+            }
+            Error::OffsetBelowLowest { offset, lowest } => {
+                Error::OffsetBelowLowest { offset: *offset, lowest: *lowest }
+            }
+            Error::RecordTooLarge { len, max } => Error::RecordTooLarge { len: *len, max: *max },
+            Error::BatchTooLarge { records, bytes, records_max, bytes_max } => Error::BatchTooLarge {
+                records: *records,
+                bytes: *bytes,
+                records_max: *records_max,
+                bytes_max: *bytes_max,
+            },
+            Error::OffsetsExhausted { next, limit } => Error::OffsetsExhausted { next: *next, limit: *limit },
+            Error::EmptyBatch => Error::EmptyBatch,
+            Error::Corrupt { path, position, reason } => {
+                Error::Corrupt { path: path.clone(), position: *position, reason: reason.clone() }
+            }
+            Error::DiskFull { path, source } => Error::DiskFull { path: path.clone(), source: io(source) },
+            Error::Io { context, source } => Error::Io { context: context.clone(), source: io(source) },
+            Error::Poisoned(reason) => Error::Poisoned(Arc::clone(reason)),
+            Error::Closed => Error::Closed,
+            Error::Locked { dir, holder } => Error::Locked { dir: dir.clone(), holder: holder.clone() },
+            Error::InvalidEntry { index, reason } => {
+                Error::InvalidEntry { index: *index, reason: reason.clone() }
+            }
+            Error::Truncated { index } => Error::Truncated { index: *index },
+            Error::InvalidConfig(why) => Error::InvalidConfig(why.clone()),
+        }
     }
 
     /// Whether the error means the offset is outside the log (below or past its ends).

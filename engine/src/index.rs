@@ -200,6 +200,13 @@ impl Index {
         self.entries()[relative as usize].store(pack(relative, position), Ordering::Relaxed);
     }
 
+    /// Forgets every entry from `len` on (suffix truncation; the appender only). The entries
+    /// stay in the file: past the store's cut, recovery never trusts them.
+    pub(crate) fn cut(&self, len: u32) {
+        assert!(len <= self.len(), "an index is cut, never grown, by truncation");
+        self.len.store(len, Ordering::Release);
+    }
+
     /// Publishes `count` entries written by `push_unpublished`.
     pub(crate) fn publish(&self, count: u32) {
         self.len.fetch_add(count, Ordering::Release);

@@ -8,6 +8,11 @@
 //! log recovers it from whatever an earlier run left: torn tails are cut, indexes are
 //! checked and rebuilt. The on-disk format is documented in `docs/format.md`.
 //!
+//! The same log is a Raft log store: [`Log::append_entries`] places [`Entry`]s at the
+//! index and term the caller chose, [`Log::truncate_after`] and [`Log::purge`] cut either
+//! end, and [`Log::save_vote`] keeps the vote in a small metadata file. Records are the
+//! data entries; their offsets skip the others.
+//!
 //! ```
 //! use ringlog_engine::{Config, Durability, Log};
 //!
@@ -27,22 +32,27 @@
 
 mod appender;
 mod config;
+mod entry;
 mod error;
 mod header;
 mod index;
 mod io;
 mod log;
+mod meta;
+mod offsets;
 pub mod record;
 mod recovery;
 mod segment;
 mod store;
 
 pub use config::{Backend, Config, Durability, OnCorruption};
+pub use entry::{Entry, EntryId, EntryKind};
 pub use error::{Error, Result};
 pub use io::{SimDisk, SimFault};
 pub use log::{
-    AppendFuture, AppendTicket, BatchLimits, Log, LogReader, Retention, SYNC_LATENCY_BOUNDS_US, Stats,
-    decode_all,
+    AppendFuture, AppendTicket, BatchLimits, Log, LogReader, Published, PublishedFuture, Retention,
+    SYNC_LATENCY_BOUNDS_US, Stats,
 };
+pub use meta::Meta;
 pub use record::Record;
 pub use recovery::RecoveryReport;

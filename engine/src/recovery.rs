@@ -1,23 +1,30 @@
 //! Recovery on open: turn whatever the directory holds into a valid, writable log.
 //!
 //! 1. List the directory. Files named like segments (`<20 digits>.store|.index`) are
-//!    grouped by base offset; a name with a segment extension but a malformed base is an
-//!    error; other files are ignored with a warning. An index without a store is removed.
-//! 2. Check each store header (magic, version, CRC, base offset = file name) and that the
-//!    segments are contiguous: each base is the previous segment's next offset.
-//! 3. Trust an index entry only if its relative offset counts up from zero and its
+//!    grouped by base index; a name with a segment extension but a malformed base is an
+//!    error; the lock and metadata files are the log's; other files are ignored with a
+//!    warning. An index without a store is removed.
+//! 2. Check each store header (magic, version, CRC, base index = file name) and that the
+//!    segments are contiguous: each base is the previous segment's next index.
+//! 3. Trust an index entry only if its relative index counts up from zero and its
 //!    position increases and lies inside the store (a zero-filled tail fails at once). In
 //!    a sealed segment, the last trusted entry's frame is also decoded; the store is then
 //!    scanned from the end of the trusted prefix. The active (last) segment is always
 //!    scanned from its first frame, and so is every segment with `verify_on_open`.
-//! 4. Scanning decodes frames (length bound, CRC, expected offset) and rebuilds missing
-//!    index entries. The first bad frame ends the segment's valid prefix:
+//! 4. Scanning decodes frames (length bound, CRC, the expected index, a term no lower
+//!    than the previous frame's: a stale frame past a truncation that a crash half undid
+//!    fails too) and rebuilds missing index entries. The first bad frame ends the
+//!    segment's valid prefix:
 //!    - in the active segment it is a torn or corrupt tail, cut off with a warning;
 //!    - in a sealed segment it is corruption: with `OnCorruption::Fail` opening fails,
 //!      naming the file and byte position; with `OnCorruption::Truncate` the log is cut
 //!      there and every later segment is removed.
-//! 5. A log with no segments gets an empty one at `initial_offset`.
-//! 6. The active segment's store is synced, so everything recovered is durable.
+//! 5. The metadata file, if any, gives the vote, committed and purged ids and the offset
+//!    map's checkpoint; the scanned frames' kinds complete the map. Segments wholly at or
+//!    below the purged id are deleted (a purge that a crash interrupted).
+//! 6. A log with no segments gets an empty one at `initial_offset` (or after the purged
+//!    id). A version-1 active segment is sealed and a version-2 one started after it.
+//! 7. The active segment's store is synced, so everything recovered is durable.
 
 use std::{path::Path, sync::Arc};
 
@@ -25,10 +32,13 @@ use tracing::{info, warn};
 
 use crate::{
     config::{Config, OFFSET_LIMIT, OnCorruption},
+    entry::EntryKind,
     error::{Error, IoContext, Result},
     index::{self, Index},
-    io::{Disk, DiskFile},
-    record,
+    io::{Disk, DiskFile, LOCK_FILE},
+    meta::{self, MetaFile},
+    offsets::OffsetMap,
+    record::{self, Format},
     segment::{self, INDEX_EXT, STORE_EXT, Segment},
     store::{self, Store},
 };
@@ -49,16 +59,47 @@ pub struct RecoveryReport {
 /// Bytes read from a store at a time while scanning.
 const SCAN_CHUNK: usize = 1 << 20;
 
-pub(crate) fn recover(
-    disk: &dyn Disk,
-    dir: &Path,
-    config: &Config,
-) -> Result<(Vec<Arc<Segment>>, RecoveryReport)> {
-    disk.create_dir_all(dir).context(|| format!("creating data directory {}", dir.display()))?;
+/// A log as recovery leaves it.
+pub(crate) struct Recovered {
+    pub(crate) segments: Vec<Arc<Segment>>,
+    pub(crate) report: RecoveryReport,
+    pub(crate) meta: MetaFile,
+    pub(crate) offsets: OffsetMap,
+    pub(crate) first_index: u64,
+    /// The term of the last entry (what records appended next are written with).
+    pub(crate) last_term: u64,
+}
+
+/// Creates the data directory if needed, durably: a new directory's entry in its parent
+/// is synced too, or a power loss could take the directory and every segment with it.
+pub(crate) fn create_dir(disk: &dyn Disk, dir: &Path) -> Result<()> {
+    let created =
+        disk.create_dir_all(dir).context(|| format!("creating data directory {}", dir.display()))?;
+    if created {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        disk.sync_dir(parent).context(|| format!("syncing directory {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// What recovering one segment found besides the segment.
+struct SegmentFound {
+    /// Its store was cut.
+    cut: bool,
+    /// The term of its last entry, where recovery read it.
+    last_term: Option<u64>,
+    /// Non-data entries in the frames recovery scanned.
+    gaps: Vec<u64>,
+}
+
+pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config) -> Result<Recovered> {
+    let meta = MetaFile::load(disk, dir)?.unwrap_or_default();
     let bases = list_segments(disk, dir)?;
     let capacity = index::capacity(config.index_bytes_max);
     let mut report = RecoveryReport::default();
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
+    let mut last_term = meta.meta.purged.map_or(0, |p| p.term);
+    let mut gaps = meta.gaps.clone();
 
     for (i, &base) in bases.iter().enumerate() {
         let is_last = i + 1 == bases.len();
@@ -66,20 +107,23 @@ pub(crate) fn recover(
         let outcome =
             recover_segment(disk, dir, base, is_last, capacity, config, &mut report).and_then(|segment| {
                 match segments.last() {
-                    Some(previous) if previous.next_offset() != base => Err(Error::corrupt(
+                    Some(previous) if previous.next_index() != base => Err(Error::corrupt(
                         &store_path,
                         0,
                         format!(
-                            "segment starts at offset {base}, but the previous one ends before {}",
-                            previous.next_offset()
+                            "segment starts at index {base}, but the previous one ends before {}",
+                            previous.next_index()
                         ),
                     )),
                     _ => Ok(segment),
                 }
             });
         match outcome {
-            Ok((segment, cut)) => {
+            Ok((segment, found)) => {
                 segments.push(Arc::new(segment));
+                last_term = found.last_term.unwrap_or(last_term);
+                gaps.extend(found.gaps);
+                let cut = found.cut;
                 if cut && !is_last {
                     report.segments_removed += remove_after(disk, dir, &bases[i + 1..])?;
                     break;
@@ -101,28 +145,57 @@ pub(crate) fn recover(
     if let Some(last) = segments.last().filter(|s| Some(&s.base()) != bases.last()) {
         let base = last.base();
         segments.pop();
-        let (segment, _) = recover_segment(disk, dir, base, true, capacity, config, &mut report)?;
+        let (segment, found) = recover_segment(disk, dir, base, true, capacity, config, &mut report)?;
+        last_term = found.last_term.unwrap_or(last_term);
+        gaps.extend(found.gaps);
         segments.push(Arc::new(segment));
     }
+    // A purge that a crash interrupted: the segments wholly at or below it go now.
+    let first_index = match meta.meta.purged {
+        Some(purged) => purged.index + 1,
+        None => segments.first().map_or(config.initial_offset, |s| s.base()),
+    };
+    if segments.last().is_some_and(|last| last.next_index() <= first_index && meta.meta.purged.is_some()) {
+        let bases: Vec<u64> = segments.drain(..).map(|s| s.base()).collect();
+        report.segments_removed += remove_after(disk, dir, &bases)?;
+    }
+    while segments.len() > 1 && segments[0].next_index() <= first_index {
+        let base = segments.remove(0).base();
+        report.segments_removed += remove_after(disk, dir, &[base])?;
+    }
     if segments.is_empty() {
-        let base = config.initial_offset;
+        let base = if meta.meta.purged.is_some() { first_index } else { config.initial_offset };
         segments.push(Arc::new(Segment::create(disk, dir, base, capacity)?));
+    }
+    // A version-1 log goes on in version-2 segments: its active segment is sealed.
+    let last = segments.last().expect("a segment exists");
+    if last.store.format() == Format::V1 {
+        last.store.file().sync_data().context(|| format!("syncing {}", last.store.path().display()))?;
+        last.index.trim()?;
+        let next = last.next_index();
+        info!(file = %last.store.path().display(), "sealing a version-1 segment; new entries go to version-2 segments");
+        segments.push(Arc::new(Segment::create(disk, dir, next, capacity)?));
     }
     // What the active segment holds may be in the page cache only (the last run was
     // killed, or its sync failed): make it durable before the log reports it durable.
     let active = segments.last().expect("a segment exists");
     active.store.file().sync_data().context(|| format!("syncing {}", active.store.path().display()))?;
     report.segments = segments.len();
+    let next = active.next_index();
+    let first_index = first_index.max(segments[0].base()).min(next);
+    let mut offsets = OffsetMap::new(meta.gaps_below, gaps);
+    offsets.truncate_from(next);
+    offsets.forget_below(first_index);
     info!(
         dir = %dir.display(),
         segments = report.segments,
-        lowest = segments[0].base(),
-        next = segments.last().map(|s| s.next_offset()),
+        first_index,
+        next_index = next,
         indexes_rebuilt = report.indexes_rebuilt,
         cuts = report.truncated.len(),
         "recovered log"
     );
-    Ok((segments, report))
+    Ok(Recovered { segments, report, meta, offsets, first_index, last_term })
 }
 
 /// Base offsets of the segments in `dir`, in order.
@@ -131,6 +204,9 @@ fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<u64>> {
     let mut stores = std::collections::BTreeSet::new();
     let mut indexes = Vec::new();
     for name in &names {
+        if [LOCK_FILE, meta::FILE_NAME].contains(&name.as_str()) {
+            continue;
+        }
         match segment::parse_file_name(name) {
             None => warn!(file = %dir.join(name).display(), "ignoring a file that is not part of the log"),
             Some(Err(())) => {
@@ -170,7 +246,7 @@ fn remove_after(disk: &dyn Disk, dir: &Path, bases: &[u64]) -> Result<usize> {
     Ok(bases.len())
 }
 
-/// Recovers one segment; the flag says whether its store was cut.
+/// Recovers one segment.
 fn recover_segment(
     disk: &dyn Disk,
     dir: &Path,
@@ -179,7 +255,7 @@ fn recover_segment(
     capacity: u32,
     config: &Config,
     report: &mut RecoveryReport,
-) -> Result<(Segment, bool)> {
+) -> Result<(Segment, SegmentFound)> {
     let store_path = segment::file_path(dir, base, STORE_EXT);
     let index_path = segment::file_path(dir, base, INDEX_EXT);
     if base > OFFSET_LIMIT {
@@ -195,9 +271,11 @@ fn recover_segment(
         warn!(file = %store_path.display(), "recreating a segment whose header was torn");
         report.truncated.push((store_path.clone(), 0, "torn file header".into()));
         let _ = disk.remove(&index_path);
-        return Ok((Segment::create(disk, dir, base, capacity)?, true));
+        let found = SegmentFound { cut: true, last_term: None, gaps: Vec::new() };
+        return Ok((Segment::create(disk, dir, base, capacity)?, found));
     }
     let store = Store::open(store_file, &store_path, base)?;
+    let format = store.format();
 
     let index_file = disk.open(&index_path, true).context(|| format!("opening {}", index_path.display()))?;
     // A sealed index is mapped at the size it has: it will not grow again.
@@ -216,17 +294,21 @@ fn recover_segment(
     let mut positions: Vec<u32> = (0..trusted).map(|i| index.raw(i).1).collect();
     // The last trusted entry must point at the frame of the offset it claims.
     let mut scan_from = store::HEADER_LEN as u64;
+    let mut last_term = None;
     if let Some(&last) = positions.last() {
         let expected = base + positions.len() as u64 - 1;
-        match frame_at(store.file().as_ref(), u64::from(last), store_len) {
-            Ok(header) if header.offset == expected => {
-                scan_from = u64::from(last) + header.frame_len() as u64
+        match frame_at(store.file().as_ref(), u64::from(last), store_len, format) {
+            Ok(header) if header.id.index == expected => {
+                scan_from = u64::from(last) + header.frame_len() as u64;
+                last_term = Some(header.id.term);
             }
             _ => positions.clear(),
         }
     }
     let next = base + positions.len() as u64;
-    let scan = scan(store.file().as_ref(), &store_path, scan_from, store_len, next, &mut positions)?;
+    let mut frames = Frames { positions: &mut positions, last_term, gaps: Vec::new() };
+    let scan = scan(store.file().as_ref(), &store_path, format, scan_from, store_len, next, &mut frames)?;
+    let (last_term, gaps) = (frames.last_term, frames.gaps);
     let cut = scan.end < store_len;
     if cut {
         let reason = scan.stop_reason.unwrap_or_else(|| "invalid frame".into());
@@ -255,23 +337,37 @@ fn recover_segment(
     if !is_last && (on_disk != Some(entries) || !index.is_trimmed()?) {
         index.trim()?;
     }
-    Ok((Segment::new(base, store, index), cut))
+    Ok((Segment::new(base, store, index), SegmentFound { cut, last_term, gaps }))
 }
 
 /// Decodes the header of the frame at `position`, verifying the whole frame.
-fn frame_at(file: &dyn DiskFile, position: u64, store_len: u64) -> Result<record::FrameHeader, String> {
-    let mut head = [0u8; record::HEADER_LEN];
-    if position + record::HEADER_LEN as u64 > store_len || file.read_exact_at(&mut head, position).is_err() {
+fn frame_at(
+    file: &dyn DiskFile,
+    position: u64,
+    store_len: u64,
+    format: Format,
+) -> Result<record::FrameHeader, String> {
+    let header_len = format.header_len();
+    let mut head = vec![0u8; header_len];
+    if position + header_len as u64 > store_len || file.read_exact_at(&mut head, position).is_err() {
         return Err("torn frame header".into());
     }
-    let value_len = u64::from(record::claimed_value_len(&head));
-    let frame_len = record::HEADER_LEN as u64 + value_len;
+    let value_len = u64::from(record::claimed_value_len(&head, format));
+    let frame_len = header_len as u64 + value_len;
     if position + frame_len > store_len {
         return Err(format!("frame of {frame_len} bytes runs past the end of the store"));
     }
     let mut frame = vec![0u8; frame_len as usize];
     file.read_exact_at(&mut frame, position).map_err(|e| e.to_string())?;
-    record::decode_header(&frame, value_len as u32).map_err(|e| e.to_string())
+    record::decode_header_as(&frame, value_len as u32, format).map_err(|e| e.to_string())
+}
+
+/// What scanning collects: each valid frame's position, the last term, the non-data
+/// entries.
+struct Frames<'a> {
+    positions: &'a mut Vec<u32>,
+    last_term: Option<u64>,
+    gaps: Vec<u64>,
 }
 
 struct Scan {
@@ -281,27 +377,29 @@ struct Scan {
     stop_reason: Option<String>,
 }
 
-/// Decodes frames from `from` to `store_len`, pushing each valid frame's position, and
-/// stops at the first frame that is torn, corrupt or out of sequence.
+/// Decodes frames from `from` to `store_len`, collecting each valid frame, and stops at
+/// the first frame that is torn, corrupt, out of sequence or of a lower term.
 fn scan(
     file: &dyn DiskFile,
     path: &Path,
+    format: Format,
     from: u64,
     store_len: u64,
     mut expected: u64,
-    positions: &mut Vec<u32>,
+    frames: &mut Frames<'_>,
 ) -> Result<Scan> {
+    let header_len = format.header_len();
     let mut window = Window { file, path, store_len, start: from, bytes: Vec::new() };
     let mut position = from;
     let stop = |end: u64, reason: String| Ok(Scan { end, stop_reason: Some(reason) });
     while position < store_len {
         let remaining = store_len - position;
-        if remaining < record::HEADER_LEN as u64 {
+        if remaining < header_len as u64 {
             return stop(position, format!("torn frame header: {remaining} bytes left"));
         }
-        let head = window.get(position, record::HEADER_LEN)?;
-        let value_len = record::claimed_value_len(head);
-        let frame_len = record::frame_len(value_len as usize) as u64;
+        let head = window.get(position, header_len)?;
+        let value_len = record::claimed_value_len(head, format);
+        let frame_len = (header_len + value_len as usize) as u64;
         if frame_len > remaining {
             return stop(
                 position,
@@ -309,17 +407,24 @@ fn scan(
             );
         }
         let frame = window.get(position, frame_len as usize)?;
-        let header = match record::decode_header(frame, value_len) {
+        let header = match record::decode_header_as(frame, value_len, format) {
             Ok(header) => header,
             Err(error) => return stop(position, error.to_string()),
         };
-        if header.offset != expected {
+        if header.id.index != expected {
             return stop(
                 position,
-                format!("frame holds offset {} where offset {expected} belongs", header.offset),
+                format!("frame holds index {} where index {expected} belongs", header.id.index),
             );
         }
-        positions.push(u32::try_from(position).expect("store_bytes_max fits u32"));
+        if let Some(term) = frames.last_term.filter(|&term| header.id.term < term) {
+            return stop(position, format!("frame of term {} follows one of term {term}", header.id.term));
+        }
+        frames.positions.push(u32::try_from(position).expect("store_bytes_max fits u32"));
+        frames.last_term = Some(header.id.term);
+        if header.kind != EntryKind::Data {
+            frames.gaps.push(expected);
+        }
         position += frame_len;
         expected += 1;
     }

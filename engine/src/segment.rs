@@ -1,5 +1,5 @@
-//! A segment: one store file and its index, holding the contiguous offsets from its base.
-//! Both files are named by the base offset, zero-padded to 20 digits, so a directory
+//! A segment: one store file and its index, holding the contiguous entries from its base
+//! index. Both files are named by the base index, zero-padded to 20 digits, so a directory
 //! listing sorts them in log order: `00000000000000000042.store`, `...42.index`.
 //!
 //! Readers share a segment through an `Arc`; removing a segment unlinks its files, and
@@ -11,10 +11,11 @@ use std::{
 };
 
 use crate::{
+    entry::Entry,
     error::{Error, Result},
     index::Index,
     io::Disk,
-    record::{self, Record},
+    record,
     store::Store,
 };
 
@@ -76,8 +77,8 @@ impl Segment {
         self.base
     }
 
-    /// One past the last published offset.
-    pub(crate) fn next_offset(&self) -> u64 {
+    /// One past the last published index.
+    pub(crate) fn next_index(&self) -> u64 {
         self.base + u64::from(self.index.len())
     }
 
@@ -86,19 +87,28 @@ impl Segment {
         self.store.size()
     }
 
-    /// Reads published records from `offset` on: at most `max_records`, and no more than
-    /// `max_bytes` of frames except that the first record is always returned. Stops at the
+    /// Reads published entries from `index` on: at most `max_entries`, and no more than
+    /// `max_bytes` of frames except that the first entry is always returned. Stops at the
     /// end of this segment. One `pread` covers all of them.
-    pub(crate) fn read(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
+    pub(crate) fn read_entries(
+        &self,
+        index: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>> {
         let published = self.index.len();
-        let first = u32::try_from(offset - self.base).expect("offset within the segment");
-        assert!(first < published, "read of unpublished offset {offset}");
-        let start = self.index.position(first).expect("published entry");
+        let first = u32::try_from(index - self.base).expect("index within the segment");
+        // A suffix truncation may have cut the segment since the caller looked.
+        let truncated = || Error::Truncated { index };
+        let start = self.index.position(first).filter(|_| first < published).ok_or_else(truncated)?;
         // Find how many frames fit, using the index for frame boundaries.
         let mut count = 0u32;
         let mut end = u64::from(start);
-        while count < published - first && (count as usize) < max_records.max(1) {
+        while count < published - first && (count as usize) < max_entries.max(1) {
             let next = self.frame_end(first + count, published);
+            if next <= end {
+                return Err(truncated());
+            }
             if count > 0 && (next - u64::from(start)) as usize > max_bytes {
                 break;
             }
@@ -106,26 +116,30 @@ impl Segment {
             count += 1;
         }
         let bytes = self.store.read(u64::from(start), (end - u64::from(start)) as usize)?;
-        let mut records = Vec::with_capacity(count as usize);
+        let format = self.store.format();
+        let mut entries = Vec::with_capacity(count as usize);
         let mut at = 0usize;
         for i in 0..count {
-            let expected = offset + u64::from(i);
+            let expected = index + u64::from(i);
             let frame = bytes.slice(at..);
             let position = u64::from(start) + at as u64;
-            let (record, len) =
-                record::decode(&frame, (frame.len().saturating_sub(record::HEADER_LEN)) as u32)
-                    .map_err(|e| Error::corrupt(self.store.path(), position, e))?;
-            if record.offset != expected {
+            let value_len_max = frame.len().saturating_sub(format.header_len()) as u32;
+            let (entry, len) = record::decode_as(&frame, value_len_max, format)
+                .map_err(|e| Error::corrupt(self.store.path(), position, e))?;
+            if entry.id.index != expected {
                 return Err(Error::corrupt(
                     self.store.path(),
                     position,
-                    format!("frame holds offset {} where the index puts offset {expected}", record.offset),
+                    format!(
+                        "frame holds index {} where the index file puts index {expected}",
+                        entry.id.index
+                    ),
                 ));
             }
             at += len;
-            records.push(record);
+            entries.push(entry);
         }
-        Ok(records)
+        Ok(entries)
     }
 
     /// Store position just past the frame of entry `relative`.
@@ -134,6 +148,13 @@ impl Segment {
             Some(next) if relative + 1 < published => u64::from(next),
             _ => self.store.size(),
         }
+    }
+
+    /// Store position where the frame of `index` starts (the end of the store for the
+    /// next index).
+    pub(crate) fn frame_start(&self, index: u64) -> u64 {
+        let relative = u32::try_from(index - self.base).expect("index within segment");
+        self.index.position(relative).map_or(self.size(), u64::from)
     }
 
     /// Unlinks the segment's files; open handles keep working until dropped.
@@ -149,8 +170,8 @@ impl Segment {
 /// Segments in offset order, shared with readers.
 pub(crate) type SegmentList = Vec<Arc<Segment>>;
 
-/// The segment that holds `offset`, if any.
-pub(crate) fn find(segments: &[Arc<Segment>], offset: u64) -> Option<&Arc<Segment>> {
-    let i = segments.partition_point(|s| s.base() <= offset);
+/// The segment that holds `index`, if any.
+pub(crate) fn find(segments: &[Arc<Segment>], index: u64) -> Option<&Arc<Segment>> {
+    let i = segments.partition_point(|s| s.base() <= index);
     i.checked_sub(1).map(|i| &segments[i])
 }

@@ -17,6 +17,7 @@ use crate::{
     error::{Error, IoContext, Result},
     header::{self, FileKind},
     io::DiskFile,
+    record::Format,
 };
 
 /// Bytes before the first frame of a store file.
@@ -25,32 +26,39 @@ pub(crate) const HEADER_LEN: usize = header::LEN;
 pub(crate) struct Store {
     path: PathBuf,
     file: Arc<dyn DiskFile>,
+    format: Format,
     size: AtomicU64,
 }
 
 impl Store {
     /// Writes the header of a new, empty store.
-    pub(crate) fn create(file: Arc<dyn DiskFile>, path: &Path, base_offset: u64) -> Result<Store> {
+    pub(crate) fn create(file: Arc<dyn DiskFile>, path: &Path, base_index: u64) -> Result<Store> {
         let what = || format!("creating store {}", path.display());
         file.set_len(0).context(what)?;
-        let (_, written) = file.write_all_at(header::encode(FileKind::Store, base_offset).to_vec(), 0);
+        let (_, written) = file.write_all_at(header::encode(FileKind::Store, base_index).to_vec(), 0);
         written.context(what)?;
-        Ok(Store { path: path.to_path_buf(), file, size: AtomicU64::new(HEADER_LEN as u64) })
+        let size = AtomicU64::new(HEADER_LEN as u64);
+        Ok(Store { path: path.to_path_buf(), file, format: Format::V2, size })
     }
 
     /// Opens an existing store after checking its header; `size` is the file's length
     /// until recovery has checked the frames.
-    pub(crate) fn open(file: Arc<dyn DiskFile>, path: &Path, base_offset: u64) -> Result<Store> {
+    pub(crate) fn open(file: Arc<dyn DiskFile>, path: &Path, base_index: u64) -> Result<Store> {
         let len = file.len().context(|| format!("opening store {}", path.display()))?;
         let mut head = vec![0u8; HEADER_LEN.min(len as usize)];
         file.read_exact_at(&mut head, 0).context(|| format!("reading store header {}", path.display()))?;
-        header::validate(&head, FileKind::Store, base_offset)
+        let format = header::validate(&head, FileKind::Store, base_index)
             .map_err(|reason| Error::corrupt(path, 0, reason))?;
-        Ok(Store { path: path.to_path_buf(), file, size: AtomicU64::new(len) })
+        Ok(Store { path: path.to_path_buf(), file, format, size: AtomicU64::new(len) })
     }
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The frame layout of this store's version.
+    pub(crate) fn format(&self) -> Format {
+        self.format
     }
 
     pub(crate) fn file(&self) -> &Arc<dyn DiskFile> {
@@ -76,7 +84,8 @@ impl Store {
         Ok(buf.freeze())
     }
 
-    /// Cuts the file at `len` bytes and makes the cut durable (recovery only).
+    /// Cuts the file at `len` bytes and makes the cut durable (recovery and suffix
+    /// truncation, with nothing appended concurrently).
     pub(crate) fn truncate(&self, len: u64) -> Result<()> {
         let what = || format!("truncating store {} to {len} bytes", self.path.display());
         self.file.set_len(len).context(what)?;

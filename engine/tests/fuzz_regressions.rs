@@ -94,7 +94,7 @@ fn the_segment_left_last_by_a_truncating_cut_is_scanned_like_an_active_one() {
     log.close().unwrap();
     let store = |base: u64| Path::new(DIR).join(format!("{base:020}.store"));
     let mut middle = disk.read_file(&store(5)).unwrap();
-    middle[32 + 24] ^= 0x10; // the value of record 5, under the index's trusted prefix
+    middle[32 + 32] ^= 0x10; // the value of record 5, under the index's trusted prefix
     disk.write_file(&store(5), middle);
     let mut last = disk.read_file(&store(10)).unwrap();
     last[3] ^= 1; // the header of segment 10: the segment is dropped

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use common::{fixtures, index_name, store_name, value};
 use ringlog_engine::{Config, Error, Log, Retention};
 
-/// Store limit that fits exactly three 11-byte records (header 32 + 3 * (24 + 11)).
-const THREE_HELLOS: u64 = 32 + 3 * 35;
+/// Store limit that fits exactly three 11-byte records (header 32 + 3 * (32 + 11)).
+const THREE_HELLOS: u64 = 32 + 3 * 43;
 
 #[test]
 fn append_and_read_round_trip() {
@@ -123,7 +123,7 @@ fn a_batch_gets_contiguous_offsets_and_never_spans_segments() {
         }
         let too_big: Vec<Bytes> = (0..4).map(|i| value(i, 11)).collect();
         let error = log.append_batch(too_big).unwrap_err();
-        assert!(matches!(error, Error::BatchTooLarge { records: 4, bytes: 140, .. }), "[{}] {error}", f.name);
+        assert!(matches!(error, Error::BatchTooLarge { records: 4, bytes: 172, .. }), "[{}] {error}", f.name);
         assert_eq!(log.next_offset(), 4, "[{}] nothing of it was written", f.name);
     }
 }
@@ -143,7 +143,7 @@ fn invalid_appends_are_rejected_and_write_nothing() {
 
 #[test]
 fn read_from_respects_record_and_byte_limits_and_segment_ends() {
-    for f in fixtures(|c| c.store_bytes_max = 32 + 10 * 34) {
+    for f in fixtures(|c| c.store_bytes_max = 32 + 10 * 42) {
         let log = f.open();
         let values: Vec<Bytes> = (0..25).map(|i| value(i, 10)).collect();
         for chunk in values.chunks(5) {
@@ -154,8 +154,8 @@ fn read_from_respects_record_and_byte_limits_and_segment_ends() {
         let batch = log.read_from(2, 100, usize::MAX).unwrap();
         assert_eq!(batch.len(), 8, "[{}] stops at the segment end", f.name);
         assert_eq!(batch.last().unwrap().offset, 9);
-        let batch = log.read_from(10, 100, 2 * 34).unwrap();
-        assert_eq!(batch.len(), 2, "[{}] two 34-byte frames fit in 68 bytes", f.name);
+        let batch = log.read_from(10, 100, 2 * 42).unwrap();
+        assert_eq!(batch.len(), 2, "[{}] two 42-byte frames fit in 84 bytes", f.name);
         let batch = log.read_from(10, 100, 1).unwrap();
         assert_eq!(batch.len(), 1, "the first record always comes back");
         let batch = log.read_from(24, 100, usize::MAX).unwrap();
@@ -228,10 +228,15 @@ fn reader_is_a_consistent_snapshot_of_every_frame() {
         log.truncate_before(3).unwrap();
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut reader, &mut bytes).unwrap();
-        let records = ringlog_engine::decode_all(&Bytes::from(bytes)).unwrap();
-        assert_eq!(records.len(), 7, "[{}]", f.name);
-        for (i, r) in records.iter().enumerate() {
-            assert_eq!((r.offset, &r.value), (i as u64, &values[i]));
+        let bytes = Bytes::from(bytes);
+        let mut entries = Vec::new();
+        while entries.iter().map(|(_, len)| len).sum::<usize>() < bytes.len() {
+            let at = entries.iter().map(|(_, len)| len).sum::<usize>();
+            entries.push(ringlog_engine::record::decode(&bytes.slice(at..), u32::MAX).unwrap());
+        }
+        assert_eq!(entries.len(), 7, "[{}]", f.name);
+        for (i, (entry, _)) in entries.iter().enumerate() {
+            assert_eq!((entry.id.index, &entry.payload), (i as u64, &values[i]));
         }
     }
 }

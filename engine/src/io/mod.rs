@@ -22,15 +22,28 @@ pub use sim::{SimDisk, SimFault};
 pub(crate) trait Disk: Send + Sync + fmt::Debug {
     /// Short name of the backend, for logs and metrics.
     fn name(&self) -> &'static str;
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Creates `dir` and its parents; says whether `dir` was created (its parent must then
+    /// be synced for the new entry to be durable).
+    fn create_dir_all(&self, dir: &Path) -> io::Result<bool>;
     /// Names of the files in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Opens a file for reading and writing; creates it (empty) when `create` is set.
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>>;
     fn remove(&self, path: &Path) -> io::Result<()>;
-    /// Makes creations and removals in `dir` durable.
+    /// Renames a file, replacing `to` if it exists (durable once the directory is synced).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes creations, removals and renames in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes the directory's exclusive lock, held until the guard drops. Fails with
+    /// `WouldBlock` (saying who holds it, where known) when another opener has it.
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock>;
 }
+
+/// A held directory lock: released when dropped.
+pub(crate) type DirLock = Box<dyn std::any::Any + Send + Sync>;
+
+/// The name of the lock file in a data directory.
+pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// One open file.
 pub(crate) trait DiskFile: Send + Sync {
@@ -81,6 +94,12 @@ fn open_std(path: &Path, create: bool) -> io::Result<File> {
     std::fs::OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)
 }
 
+fn create_dir_all_std(dir: &Path) -> io::Result<bool> {
+    let existed = dir.is_dir();
+    std::fs::create_dir_all(dir)?;
+    Ok(!existed)
+}
+
 fn list_std(dir: &Path) -> io::Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -94,4 +113,29 @@ fn list_std(dir: &Path) -> io::Result<Vec<String>> {
 
 fn sync_dir_std(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// `flock`s the directory's lock file (released when the file closes, also when the
+/// process dies) and writes this process's id into it, for the next opener's error.
+fn lock_dir_std(dir: &Path) -> io::Result<DirLock> {
+    use std::io::{Read, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "another process".to_string(),
+                pid => format!("process {pid}"),
+            };
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("locked by {holder}")));
+        }
+        Err(std::fs::TryLockError::Error(error)) => return Err(error),
+    }
+    file.set_len(0)?;
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+    Ok(Box::new(file))
 }

@@ -12,8 +12,8 @@ impl Disk for PwriteDisk {
     fn name(&self) -> &'static str {
         "pwrite"
     }
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+    fn create_dir_all(&self, dir: &Path) -> io::Result<bool> {
+        super::create_dir_all_std(dir)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         super::list_std(dir)
@@ -24,8 +24,14 @@ impl Disk for PwriteDisk {
     fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
     }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         super::sync_dir_std(dir)
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<super::DirLock> {
+        super::lock_dir_std(dir)
     }
 }
 

@@ -50,6 +50,8 @@ struct State {
     deferred_writes: bool,
     write_fault: Option<(u64, i32)>,
     sync_fault: Option<(u64, i32)>,
+    /// Directories whose lock a log holds.
+    locked: std::collections::BTreeSet<PathBuf>,
 }
 
 #[derive(Clone, Default)]
@@ -176,8 +178,8 @@ impl Disk for SimDisk {
     fn name(&self) -> &'static str {
         "simulated"
     }
-    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
-        Ok(())
+    fn create_dir_all(&self, _dir: &Path) -> io::Result<bool> {
+        Ok(false)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let state = lock(&self.state);
@@ -208,8 +210,35 @@ impl Disk for SimDisk {
             None => Err(io::Error::from(io::ErrorKind::NotFound)),
         }
     }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        let data = state.files.remove(from).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        state.files.insert(to.to_path_buf(), data);
+        Ok(())
+    }
     fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
         Ok(())
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<super::DirLock> {
+        if !lock(&self.state).locked.insert(dir.to_path_buf()) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "locked by another log on this simulated disk",
+            ));
+        }
+        Ok(Box::new(SimLock { disk: self.clone(), dir: dir.to_path_buf() }))
+    }
+}
+
+/// A simulated directory lock; a crash image starts with none held.
+struct SimLock {
+    disk: SimDisk,
+    dir: PathBuf,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        lock(&self.disk.state).locked.remove(&self.dir);
     }
 }
 

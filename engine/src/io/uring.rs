@@ -61,8 +61,8 @@ impl Disk for UringDisk {
     fn name(&self) -> &'static str {
         "io_uring"
     }
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+    fn create_dir_all(&self, dir: &Path) -> io::Result<bool> {
+        super::create_dir_all_std(dir)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         super::list_std(dir)
@@ -74,8 +74,14 @@ impl Disk for UringDisk {
     fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
     }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         super::sync_dir_std(dir)
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<super::DirLock> {
+        super::lock_dir_std(dir)
     }
 }
 

@@ -59,6 +59,33 @@ impl Fixture {
         }
     }
 
+    /// A copy of the log's files as they are now, in the page cache (what a process killed
+    /// at this moment leaves), for a fixture of the same backend: the log stays open here.
+    pub fn copy_as_if_killed(&self) -> Fixture {
+        let mut config = self.config.clone();
+        let (dir, temp) = match self.sim() {
+            Some(sim) => {
+                let copy = SimDisk::new();
+                for path in sim.paths() {
+                    copy.write_file(&path, sim.read_file(&path).unwrap());
+                }
+                config.backend = Backend::Simulated(copy);
+                (self.dir.clone(), None)
+            }
+            None => {
+                let temp = tempfile::tempdir().unwrap();
+                let dir = temp.path().join("log");
+                std::fs::create_dir(&dir).unwrap();
+                for name in self.file_names() {
+                    std::fs::copy(self.dir.join(&name), dir.join(&name)).unwrap();
+                }
+                (dir, Some(temp))
+            }
+        };
+        Fixture { name: self.name, config, dir, _temp: temp }
+    }
+
+    /// The log's files, without the lock file of the real backends.
     pub fn file_names(&self) -> Vec<String> {
         let mut names: Vec<String> = match self.sim() {
             Some(sim) => {
@@ -69,6 +96,7 @@ impl Fixture {
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect(),
         };
+        names.retain(|name| name != "LOCK");
         names.sort();
         names
     }
@@ -88,7 +116,7 @@ pub fn fixtures(change: impl Fn(&mut Config)) -> Vec<Fixture> {
         change(&mut config);
         // Tiny segments (to test rolling) cannot hold a default 1 MiB record: shrink the
         // record limit to what one segment holds.
-        let fits = config.store_bytes_max.saturating_sub(32 + 24);
+        let fits = config.store_bytes_max.saturating_sub(32 + 32);
         config.record_bytes_max = config.record_bytes_max.min(fits as u32);
         let (dir, temp) = match config.backend {
             Backend::Simulated(_) => (PathBuf::from("/sim/log"), None),
