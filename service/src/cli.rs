@@ -11,7 +11,7 @@ use ringlog_service::{
 };
 use tracing_subscriber::EnvFilter;
 
-use crate::{bench, client};
+use crate::client;
 
 /// A durable, segmented commit log served over gRPC.
 #[derive(Debug, Parser)]
@@ -29,10 +29,6 @@ enum Command {
     Produce(client::ProduceArgs),
     /// Print records as `offset<TAB>value`, from an offset on.
     Consume(client::ConsumeArgs),
-    /// Load-test a server (or in-process ringlog and bare tonic): records/s, MB/s, latency.
-    Bench(bench::BenchArgs),
-    /// Serve log.v1 with no storage: the bare tonic baseline that `bench` compares with.
-    BenchServer(bench::BenchServerArgs),
     /// Write a development CA, a server certificate for localhost and client certificates.
     Certs(CertsArgs),
 }
@@ -88,8 +84,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Produce(args) => runtime()?.block_on(client::produce(args)),
         Command::Consume(args) => runtime()?.block_on(client::consume(args)),
-        Command::Bench(args) => bench::run(args),
-        Command::BenchServer(args) => runtime()?.block_on(bench::run_server(args, shutdown_signal())),
         Command::Certs(args) => certs(args),
     }
 }

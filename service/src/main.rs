@@ -1,11 +1,12 @@
 //! `ringlog`: serve a log over gRPC, or talk to one.
 //!
 //! `ringlog serve` runs the server; `ringlog produce` and `ringlog consume` are a small
-//! client for people and scripts. See `ringlog --help`.
+//! client for people and scripts; `ringlog certs` makes certificates for trying TLS. The
+//! load generator is a binary of its own (`ringlog-bench`, in `benches/loadgen`). See
+//! `ringlog --help`.
 
 #![forbid(unsafe_code)]
 
-mod bench;
 mod cli;
 mod client;
 

@@ -179,7 +179,7 @@ impl Ratio {
 /// The whole of `--json FILE`.
 #[derive(Debug, Serialize)]
 pub struct Report<S: Serialize> {
-    /// `ringlog bench` and its version.
+    /// `ringlog-bench` and its version.
     pub tool: String,
     /// The settings of the run.
     pub settings: S,
