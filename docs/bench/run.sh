@@ -2,7 +2,7 @@
 # Measures the service targets of docs/bench/service.md: each command starts ringlog (on a
 # temporary log, default settings: io_uring, `interval` durability) and bare tonic in the
 # ringlog-bench process on 127.0.0.1:0, alternates them --repeat times, and writes JSON under
-# docs/bench/results; plot.py turns those into the table and SVGs.
+# docs/bench/results; benches/plot.py turns those into the table and SVGs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --bin ringlog-bench
@@ -21,4 +21,4 @@ $bench --workload mixed --record-bytes 100 --rate 10000 --followers 4 --duration
 # Q5: what does one unary Produce round trip cost (4 callers on one connection)?
 $bench --workload produce-unary --record-bytes 100 --streams 4 --duration 3s --repeat 2 --json "$out/produce-unary-100.json"
 
-python3 docs/bench/plot.py "$out" docs/bench
+python3 benches/plot.py service "$out" docs/bench

@@ -1,5 +1,5 @@
 //! What a run measured, as people read it (one line per run, ratios to the bare server) and
-//! as JSON (`--json FILE`, the input of `docs/bench/plot.py`).
+//! as JSON (`--json FILE`, the input of `benches/plot.py service`).
 
 use std::{path::Path, time::Duration};
 
