@@ -3,11 +3,11 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, error::ContextKind};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, error::ContextKind};
 use ringlog_engine::Log;
 use ringlog_service::{
     Acl, Server, TlsConfig,
-    config::{ConfigError, LogFormat, ServeOptions},
+    config::{ConfigError, LogFormat, Settings},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -53,13 +53,16 @@ struct ServeArgs {
     #[arg(long, env = "RINGLOG_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(flatten)]
-    options: ServeOptions,
+    settings: Settings,
 }
 
-/// Parses the command line. Help and version are printed here; a usage error is printed as
-/// one line naming the setting, and its exit code returned.
-pub fn parse() -> Result<Cli, ExitCode> {
-    Cli::try_parse().map_err(|error| {
+/// Parses the command line; the matches say where each setting came from. Help and version
+/// are printed here; a usage error is printed as one line naming the setting, and its exit
+/// code returned.
+pub fn parse() -> Result<(Cli, ArgMatches), ExitCode> {
+    let parsed =
+        Cli::command().try_get_matches().and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    parsed.map_err(|error| {
         use clap::error::ErrorKind;
         if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
             || matches!(error.kind(), ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand)
@@ -79,9 +82,9 @@ pub fn parse() -> Result<Cli, ExitCode> {
 }
 
 /// Runs a parsed command.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, matches.subcommand_matches("serve").expect("serve's matches")),
         Command::Produce(args) => runtime()?.block_on(client::produce(args)),
         Command::Consume(args) => runtime()?.block_on(client::consume(args)),
         Command::Certs(args) => certs(args),
@@ -92,15 +95,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => ServeOptions::from_file(path)?,
-        None => ServeOptions::default(),
+fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => args.settings.with_file(path, matches)?,
+        None => args.settings,
     };
-    let config = args.options.or(file).resolve()?;
-    let filter = EnvFilter::try_new(&config.log_level).map_err(|e| ConfigError::Invalid {
+    config.check()?;
+    let log_level = config.log_filter();
+    let filter = EnvFilter::try_new(&log_level).map_err(|e| ConfigError::Invalid {
         setting: "log-level".into(),
-        reason: format!("`{}`: {e}", config.log_level),
+        reason: format!("`{log_level}`: {e}"),
     })?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -110,7 +114,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     // Read the security files before opening the log, so that a bad one fails fast.
-    let tls = match &config.tls {
+    let tls = match &config.tls() {
         Some(files) => Some(TlsConfig::from_files(&files.cert, &files.key, files.client_ca.as_deref())?),
         None => None,
     };

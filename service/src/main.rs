@@ -13,11 +13,11 @@ mod client;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let command = match cli::parse() {
-        Ok(command) => command,
+    let (command, matches) = match cli::parse() {
+        Ok(parsed) => parsed,
         Err(code) => return code,
     };
-    match cli::run(command) {
+    match cli::run(command, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("ringlog: {error:#}");

@@ -47,6 +47,11 @@ pub struct Failed {
 /// Starts `ringlog serve --data-dir dir --addr 127.0.0.1:0 <args>` and waits for the line
 /// that says it is serving (an event, not a sleep). `Err` when the process exits first.
 pub fn serve(dir: &Path, args: &[&str]) -> Result<Serving, Failed> {
+    serve_with_env(dir, args, &[])
+}
+
+/// [`serve`] with these environment variables set.
+pub fn serve_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Serving, Failed> {
     let mut child = Command::new(RINGLOG)
         .args(["serve", "--addr", "127.0.0.1:0"])
         .arg("--data-dir")
@@ -54,6 +59,7 @@ pub fn serve(dir: &Path, args: &[&str]) -> Result<Serving, Failed> {
         .args(args)
         .env_remove("RINGLOG_ADDR")
         .env_remove("RINGLOG_LOG_LEVEL")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
