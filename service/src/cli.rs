@@ -29,15 +29,17 @@ enum Command {
     Produce(client::ProduceArgs),
     /// Print records as `offset<TAB>value`, from an offset on.
     Consume(client::ConsumeArgs),
-    /// Write a development CA, a server certificate for localhost and client certificates.
+    /// Write a development CA, a server certificate for localhost and client certificates,
+    /// or more certificates signed by a CA kept earlier (`--ca-dir`).
     Certs(CertsArgs),
 }
 
 #[derive(Debug, clap::Args)]
 struct CertsArgs {
-    /// Directory to write the PEM files to (created if missing)
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    /// Directory to write the PEM files to (created if missing) [default with --ca-dir: that
+    /// directory]
+    #[arg(long, value_name = "DIR", required_unless_present = "ca_dir")]
+    out: Option<PathBuf>,
     /// A client certificate with this subject (Common Name); repeat for more
     #[arg(long = "client", value_name = "NAME")]
     clients: Vec<String>,
@@ -45,6 +47,17 @@ struct CertsArgs {
     /// 127.0.0.1 and ::1); repeat for more
     #[arg(long = "server-name", value_name = "NAME")]
     server_names: Vec<String>,
+    /// Keep the new CA's private key as ca-key.pem (readable by its owner only), so that
+    /// `--ca-dir` can sign more certificates with it later
+    #[arg(long, conflicts_with = "ca_dir")]
+    keep_ca_key: bool,
+    /// Sign with the CA in DIR (its ca.pem and ca-key.pem, from `--keep-ca-key`) instead of
+    /// making a new one; only the certificates asked for are written
+    #[arg(long, value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
+    /// With --ca-dir: write a new server certificate too
+    #[arg(long, requires = "ca_dir")]
+    server: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +86,11 @@ pub fn parse() -> Result<(Cli, ArgMatches), ExitCode> {
         let rendered = error.render().to_string();
         let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
         let mut line = format!("ringlog: {first}");
+        if let Some(clap::error::ContextValue::Strings(missing)) = error.get(ContextKind::InvalidArg)
+            && error.kind() == ErrorKind::MissingRequiredArgument
+        {
+            line.push_str(&format!(" {}", missing.join(", ")));
+        }
         if let Some(clap::error::ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue) {
             line.push_str(&format!(" (expected one of: {})", valid.join(", ")));
         }
@@ -144,8 +162,15 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
 }
 
 fn certs(args: CertsArgs) -> anyhow::Result<()> {
-    let written = ringlog_service::certs::write_dir(&args.out, &args.clients, &args.server_names)?;
-    for path in written {
+    let out = args.out.or_else(|| args.ca_dir.clone()).expect("clap requires --out or --ca-dir");
+    let plan = ringlog_service::certs::Plan {
+        clients: args.clients,
+        extra_server_names: args.server_names,
+        ca_dir: args.ca_dir,
+        keep_ca_key: args.keep_ca_key,
+        server: args.server,
+    };
+    for path in ringlog_service::certs::write_dir(&out, &plan)? {
         println!("{}", path.display());
     }
     Ok(())

@@ -90,13 +90,8 @@ fn text(bytes: &[u8]) -> String {
 fn certs_then_mutual_tls_with_an_acl_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let made = Command::new(RINGLOG)
-        .args(["certs", "--client", "alice", "--client", "reader", "--out"])
-        .arg(&certs)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", text(&made.stderr));
-    assert_eq!(text(&made.stdout).lines().count(), 7, "{}", text(&made.stdout));
+    let made = make_certs(&["--client", "alice", "--client", "reader", "--out"], &certs);
+    assert_eq!(made.len(), 7, "{made:?}");
     let acl = dir.path().join("acl");
     std::fs::write(&acl, "alice, produce\nalice, consume\nreader, consume\n").unwrap();
 
@@ -136,6 +131,44 @@ fn certs_then_mutual_tls_with_an_acl_end_to_end() {
     assert!(finished("alice", "ProduceStream", "Ok"), "{lines:#?}");
     assert!(finished("reader", "ProduceStream", "PermissionDenied"), "{lines:#?}");
     assert!(finished("anonymous", "Consume", "Unauthenticated"), "{lines:#?}");
+}
+
+/// Runs `ringlog certs <args> <dir>`; returns the files it wrote.
+fn make_certs(args: &[&str], dir: &Path) -> Vec<String> {
+    let made = Command::new(RINGLOG).arg("certs").args(args).arg(dir).output().unwrap();
+    assert!(made.status.success(), "{args:?}: {}", text(&made.stderr));
+    text(&made.stdout).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn certificates_signed_later_with_the_kept_ca_key_are_trusted_by_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let made = make_certs(&["--client", "alice", "--keep-ca-key", "--out"], &certs);
+    assert!(made.iter().any(|path| path.ends_with("/ca-key.pem")), "{made:?}");
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "alice, consume\ncarol, produce\ncarol, consume\n").unwrap();
+    let server = serve(&dir.path().join("data"), &certs, &acl);
+
+    // A client added while the server runs, with the original CA: nothing else is rewritten.
+    let made = make_certs(&["--client", "carol", "--ca-dir"], &certs);
+    assert_eq!(made.len(), 2, "{made:?}");
+    let produced = server.run(&certs, Some("carol"), &["produce", "hello"]);
+    assert!(produced.status.success(), "{}", text(&produced.stderr));
+    assert_eq!(text(&produced.stdout), "0\n");
+    let consumed = server.run(&certs, Some("alice"), &["consume", "--from", "0"]);
+    assert!(consumed.status.success(), "{}", text(&consumed.stderr));
+    server.terminate();
+
+    // A new server certificate from the same CA, elsewhere: old clients trust it.
+    let renewed = dir.path().join("renewed");
+    let made = make_certs(&["--server", "--ca-dir", certs.to_str().unwrap(), "--out"], &renewed);
+    assert_eq!(made.len(), 3, "ca.pem, server.pem, server-key.pem: {made:?}");
+    let server = serve(&dir.path().join("data"), &renewed, &acl);
+    let consumed = server.run(&certs, Some("carol"), &["consume", "--from", "0"]);
+    assert!(consumed.status.success(), "{}", text(&consumed.stderr));
+    assert_eq!(text(&consumed.stdout), "0\thello\n");
+    server.terminate();
 }
 
 /// Starts `ringlog serve` expecting it to stop at startup; returns what it wrote to stderr.
