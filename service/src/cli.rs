@@ -3,15 +3,15 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, error::ContextKind};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, error::ContextKind};
 use ringlog_engine::Log;
 use ringlog_service::{
     Acl, Server, TlsConfig,
-    config::{ConfigError, LogFormat, ServeOptions},
+    config::{ConfigError, LogFormat, Settings},
 };
 use tracing_subscriber::EnvFilter;
 
-use crate::{bench, client};
+use crate::client;
 
 /// A durable, segmented commit log served over gRPC.
 #[derive(Debug, Parser)]
@@ -29,19 +29,17 @@ enum Command {
     Produce(client::ProduceArgs),
     /// Print records as `offset<TAB>value`, from an offset on.
     Consume(client::ConsumeArgs),
-    /// Load-test a server (or in-process ringlog and bare tonic): records/s, MB/s, latency.
-    Bench(bench::BenchArgs),
-    /// Serve log.v1 with no storage: the bare tonic baseline that `bench` compares with.
-    BenchServer(bench::BenchServerArgs),
-    /// Write a development CA, a server certificate for localhost and client certificates.
+    /// Write a development CA, a server certificate for localhost and client certificates,
+    /// or more certificates signed by a CA kept earlier (`--ca-dir`).
     Certs(CertsArgs),
 }
 
 #[derive(Debug, clap::Args)]
 struct CertsArgs {
-    /// Directory to write the PEM files to (created if missing)
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    /// Directory to write the PEM files to (created if missing) [default with --ca-dir: that
+    /// directory]
+    #[arg(long, value_name = "DIR", required_unless_present = "ca_dir")]
+    out: Option<PathBuf>,
     /// A client certificate with this subject (Common Name); repeat for more
     #[arg(long = "client", value_name = "NAME")]
     clients: Vec<String>,
@@ -49,6 +47,17 @@ struct CertsArgs {
     /// 127.0.0.1 and ::1); repeat for more
     #[arg(long = "server-name", value_name = "NAME")]
     server_names: Vec<String>,
+    /// Keep the new CA's private key as ca-key.pem (readable by its owner only), so that
+    /// `--ca-dir` can sign more certificates with it later
+    #[arg(long, conflicts_with = "ca_dir")]
+    keep_ca_key: bool,
+    /// Sign with the CA in DIR (its ca.pem and ca-key.pem, from `--keep-ca-key`) instead of
+    /// making a new one; only the certificates asked for are written
+    #[arg(long, value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
+    /// With --ca-dir: write a new server certificate too
+    #[arg(long, requires = "ca_dir")]
+    server: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,13 +66,16 @@ struct ServeArgs {
     #[arg(long, env = "RINGLOG_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(flatten)]
-    options: ServeOptions,
+    settings: Settings,
 }
 
-/// Parses the command line. Help and version are printed here; a usage error is printed as
-/// one line naming the setting, and its exit code returned.
-pub fn parse() -> Result<Cli, ExitCode> {
-    Cli::try_parse().map_err(|error| {
+/// Parses the command line; the matches say where each setting came from. Help and version
+/// are printed here; a usage error is printed as one line naming the setting, and its exit
+/// code returned.
+pub fn parse() -> Result<(Cli, ArgMatches), ExitCode> {
+    let parsed =
+        Cli::command().try_get_matches().and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    parsed.map_err(|error| {
         use clap::error::ErrorKind;
         if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
             || matches!(error.kind(), ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand)
@@ -74,6 +86,11 @@ pub fn parse() -> Result<Cli, ExitCode> {
         let rendered = error.render().to_string();
         let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
         let mut line = format!("ringlog: {first}");
+        if let Some(clap::error::ContextValue::Strings(missing)) = error.get(ContextKind::InvalidArg)
+            && error.kind() == ErrorKind::MissingRequiredArgument
+        {
+            line.push_str(&format!(" {}", missing.join(", ")));
+        }
         if let Some(clap::error::ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue) {
             line.push_str(&format!(" (expected one of: {})", valid.join(", ")));
         }
@@ -83,13 +100,11 @@ pub fn parse() -> Result<Cli, ExitCode> {
 }
 
 /// Runs a parsed command.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, matches.subcommand_matches("serve").expect("serve's matches")),
         Command::Produce(args) => runtime()?.block_on(client::produce(args)),
         Command::Consume(args) => runtime()?.block_on(client::consume(args)),
-        Command::Bench(args) => bench::run(args),
-        Command::BenchServer(args) => runtime()?.block_on(bench::run_server(args, shutdown_signal())),
         Command::Certs(args) => certs(args),
     }
 }
@@ -98,15 +113,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => ServeOptions::from_file(path)?,
-        None => ServeOptions::default(),
+fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => args.settings.with_file(path, matches)?,
+        None => args.settings,
     };
-    let config = args.options.or(file).resolve()?;
-    let filter = EnvFilter::try_new(&config.log_level).map_err(|e| ConfigError::Invalid {
+    config.check()?;
+    let log_level = config.log_filter();
+    let filter = EnvFilter::try_new(&log_level).map_err(|e| ConfigError::Invalid {
         setting: "log-level".into(),
-        reason: format!("`{}`: {e}", config.log_level),
+        reason: format!("`{log_level}`: {e}"),
     })?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -116,7 +132,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     // Read the security files before opening the log, so that a bad one fails fast.
-    let tls = match &config.tls {
+    let tls = match &config.tls() {
         Some(files) => Some(TlsConfig::from_files(&files.cert, &files.key, files.client_ca.as_deref())?),
         None => None,
     };
@@ -146,8 +162,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn certs(args: CertsArgs) -> anyhow::Result<()> {
-    let written = ringlog_service::certs::write_dir(&args.out, &args.clients, &args.server_names)?;
-    for path in written {
+    let out = args.out.or_else(|| args.ca_dir.clone()).expect("clap requires --out or --ca-dir");
+    let plan = ringlog_service::certs::Plan {
+        clients: args.clients,
+        extra_server_names: args.server_names,
+        ca_dir: args.ca_dir,
+        keep_ca_key: args.keep_ca_key,
+        server: args.server,
+    };
+    for path in ringlog_service::certs::write_dir(&out, &plan)? {
         println!("{}", path.display());
     }
     Ok(())

@@ -1,7 +1,9 @@
 //! Settings of `ringlog serve`: command-line flags, `RINGLOG_*` environment variables and an
 //! optional TOML file, in that order of precedence, over built-in defaults.
 //!
-//! The file uses the flags' names as keys:
+//! [`Settings`] is the one list of them. clap reads the flags and the environment and holds
+//! the defaults; serde reads the file; so a new setting is one field. The file uses the
+//! flags' names as keys:
 //!
 //! ```toml
 //! addr = "127.0.0.1:8400"
@@ -22,11 +24,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use clap::ValueEnum;
+use clap::{ArgMatches, CommandFactory as _, ValueEnum, parser::ValueSource};
 use ringlog_engine::{Backend, Config, Durability, OnCorruption};
+use serde::{Deserialize, Serialize};
 
 /// When appends are acknowledged relative to `fdatasync`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DurabilityMode {
     /// When written to the page cache (a process crash loses nothing; a power loss may).
     None,
@@ -37,7 +41,8 @@ pub enum DurabilityMode {
 }
 
 /// The engine's append backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// io_uring where the kernel allows it, otherwise pwrite.
     Auto,
@@ -48,7 +53,8 @@ pub enum BackendKind {
 }
 
 /// What opening the log does with corruption inside a sealed segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CorruptionMode {
     /// Refuse to start, naming the file and byte position.
     Fail,
@@ -57,7 +63,8 @@ pub enum CorruptionMode {
 }
 
 /// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     /// One human-readable line per event (coloured on a terminal).
     Pretty,
@@ -65,46 +72,51 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings as given: every field is optional so that flags, environment and file can be
-/// layered. [`ServeOptions::resolve`] fills in the defaults.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct ServeOptions {
-    /// Address to listen on [default: 127.0.0.1:8400]
-    #[arg(long, env = "RINGLOG_ADDR", value_name = "HOST:PORT")]
-    pub addr: Option<SocketAddr>,
-    /// Directory of the log's segments [default: ./ringlog-data]
-    #[arg(long, env = "RINGLOG_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// When appends are acknowledged [default: interval]
-    #[arg(long, env = "RINGLOG_DURABILITY", value_enum)]
-    pub durability: Option<DurabilityMode>,
-    /// With `--durability interval`: longest time between syncs [default: 100]
-    #[arg(long, env = "RINGLOG_SYNC_INTERVAL_MS", value_name = "MS")]
-    pub sync_interval_ms: Option<u64>,
-    /// With `--durability interval`: sync after this many unsynced bytes [default: 4194304]
-    #[arg(long, env = "RINGLOG_SYNC_BYTES", value_name = "BYTES")]
-    pub sync_bytes: Option<u64>,
-    /// Append backend [default: auto]
-    #[arg(long, env = "RINGLOG_BACKEND", value_enum)]
-    pub backend: Option<BackendKind>,
-    /// Largest store file of a segment; the segment rolls when full [default: 1073741824]
-    #[arg(long, env = "RINGLOG_SEGMENT_BYTES", value_name = "BYTES")]
-    pub segment_bytes: Option<u64>,
-    /// Largest index file of a segment (8 bytes per record) [default: 10485760]
-    #[arg(long, env = "RINGLOG_INDEX_BYTES", value_name = "BYTES")]
-    pub index_bytes: Option<u64>,
-    /// Largest record value accepted; the gRPC message limit follows it [default: 1048576]
-    #[arg(long, env = "RINGLOG_MAX_RECORD_BYTES", value_name = "BYTES")]
-    pub max_record_bytes: Option<u32>,
-    /// What opening the log does with corruption in a sealed segment [default: fail]
-    #[arg(long, env = "RINGLOG_ON_CORRUPTION", value_enum)]
-    pub on_corruption: Option<CorruptionMode>,
+/// Every setting of `ringlog serve`. Flags and environment variables are clap's; the
+/// `--config` file layers under them with [`Settings::with_file`]; [`Settings::check`] says
+/// whether they can work together.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Parser, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on
+    #[arg(long, env = "RINGLOG_ADDR", value_name = "HOST:PORT", default_value = "127.0.0.1:8400")]
+    pub addr: SocketAddr,
+    /// Directory of the log's segments
+    #[arg(long, env = "RINGLOG_DATA_DIR", value_name = "DIR", default_value = "./ringlog-data")]
+    pub data_dir: PathBuf,
+    /// When appends are acknowledged
+    #[arg(long, env = "RINGLOG_DURABILITY", value_enum, default_value_t = DurabilityMode::Interval)]
+    pub durability: DurabilityMode,
+    /// With `--durability interval`: longest time between syncs
+    #[arg(long, env = "RINGLOG_SYNC_INTERVAL_MS", value_name = "MS", default_value_t = 100)]
+    pub sync_interval_ms: u64,
+    /// With `--durability interval`: sync after this many unsynced bytes
+    #[arg(long, env = "RINGLOG_SYNC_BYTES", value_name = "BYTES", default_value_t = 4 << 20)]
+    pub sync_bytes: u64,
+    /// Append backend
+    #[arg(long, env = "RINGLOG_BACKEND", value_enum, default_value_t = BackendKind::Auto)]
+    pub backend: BackendKind,
+    /// Largest store file of a segment; the segment rolls when full
+    #[arg(long, env = "RINGLOG_SEGMENT_BYTES", value_name = "BYTES",
+          default_value_t = Config::default().store_bytes_max)]
+    pub segment_bytes: u64,
+    /// Largest index file of a segment (8 bytes per record)
+    #[arg(long, env = "RINGLOG_INDEX_BYTES", value_name = "BYTES",
+          default_value_t = Config::default().index_bytes_max)]
+    pub index_bytes: u64,
+    /// Largest record value accepted; the gRPC message limit follows it
+    #[arg(long, env = "RINGLOG_MAX_RECORD_BYTES", value_name = "BYTES",
+          default_value_t = Config::default().record_bytes_max)]
+    pub max_record_bytes: u32,
+    /// What opening the log does with corruption in a sealed segment
+    #[arg(long, env = "RINGLOG_ON_CORRUPTION", value_enum, default_value_t = CorruptionMode::Fail)]
+    pub on_corruption: CorruptionMode,
     /// Log filter, e.g. `info` or `ringlog_service=debug,info` [default: `RUST_LOG`, else info]
     #[arg(long, env = "RINGLOG_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
-    /// Log line format [default: pretty]
-    #[arg(long, env = "RINGLOG_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
+    /// Log line format
+    #[arg(long, env = "RINGLOG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
     /// Serve TLS with this certificate (PEM, chain allowed); needs `--tls-key-file`
     #[arg(long, env = "RINGLOG_TLS_CERT_FILE", value_name = "FILE")]
     pub tls_cert_file: Option<PathBuf>,
@@ -119,41 +131,6 @@ pub struct ServeOptions {
     pub acl_file: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off]
     #[arg(long, env = "RINGLOG_METRICS_ADDR", value_name = "HOST:PORT")]
-    pub metrics_addr: Option<SocketAddr>,
-}
-
-/// Settings with every default filled in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServeConfig {
-    /// Address to listen on.
-    pub addr: SocketAddr,
-    /// Directory of the log.
-    pub data_dir: PathBuf,
-    /// When appends are acknowledged.
-    pub durability: DurabilityMode,
-    /// Sync interval for [`DurabilityMode::Interval`].
-    pub sync_interval_ms: u64,
-    /// Sync byte threshold for [`DurabilityMode::Interval`].
-    pub sync_bytes: u64,
-    /// Append backend.
-    pub backend: BackendKind,
-    /// Largest store file of a segment.
-    pub segment_bytes: u64,
-    /// Largest index file of a segment.
-    pub index_bytes: u64,
-    /// Largest record value.
-    pub max_record_bytes: u32,
-    /// What recovery does with corruption in sealed segments.
-    pub on_corruption: CorruptionMode,
-    /// The tracing filter.
-    pub log_level: String,
-    /// The log line format.
-    pub log_format: LogFormat,
-    /// The server's TLS certificate and key, when serving TLS.
-    pub tls: Option<TlsFiles>,
-    /// The ACL file.
-    pub acl_file: Option<PathBuf>,
-    /// Where metrics are served.
     pub metrics_addr: Option<SocketAddr>,
 }
 
@@ -194,153 +171,48 @@ fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { setting: setting.to_owned(), reason: reason.into() }
 }
 
-impl ServeOptions {
-    /// Reads a TOML config file.
-    pub fn from_file(path: &Path) -> Result<ServeOptions, ConfigError> {
+impl Settings {
+    /// Puts the TOML file at `path` under these settings: each key of the file sets its
+    /// setting unless `given` (the matches these settings were parsed from) says a flag or
+    /// an environment variable set it.
+    pub fn with_file(self, path: &Path, given: &ArgMatches) -> Result<Settings, ConfigError> {
         let file_error = |reason: String| ConfigError::File { path: path.to_owned(), reason };
         let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        ServeOptions::from_toml(&text).map_err(|e| match e {
-            ConfigError::File { reason, .. } => file_error(reason),
-            other => other,
-        })
-    }
-
-    /// Parses settings from TOML text (keys are the flags' names).
-    pub fn from_toml(text: &str) -> Result<ServeOptions, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let line = e.span().map(|span| text[..span.start].lines().count().max(1));
-            let reason = e.message().replace('\n', " ");
-            ConfigError::File {
-                path: PathBuf::new(),
-                reason: match line {
-                    Some(line) => format!("line {line}: {reason}"),
-                    None => reason,
-                },
-            }
-        })?;
-        let mut options = ServeOptions::default();
-        for (key, value) in table {
-            let text = || -> Result<String, ConfigError> {
-                match &value {
-                    toml::Value::String(s) => Ok(s.clone()),
-                    other => Err(invalid(&key, format!("expected a string, found `{other}`"))),
-                }
+        let file = parse_toml(&text).map_err(file_error)?;
+        let mut merged = toml::Table::try_from(&self)
+            .map_err(|e| file_error(format!("cannot be merged with the flags and environment: {e}")))?;
+        let command = Settings::command();
+        for (key, value) in file {
+            let Some(arg) = command.get_arguments().find(|arg| arg.get_long() == Some(key.as_str())) else {
+                return Err(invalid(&key, "unknown setting"));
             };
-            let number = || -> Result<u64, ConfigError> {
-                match &value {
-                    toml::Value::Integer(n) => u64::try_from(*n)
-                        .map_err(|_| invalid(&key, format!("must not be negative, found {n}"))),
-                    other => Err(invalid(&key, format!("expected a number, found `{other}`"))),
-                }
-            };
-            match key.as_str() {
-                "addr" => options.addr = Some(parse_addr(&key, &text()?)?),
-                "data-dir" => options.data_dir = Some(PathBuf::from(text()?)),
-                "durability" => options.durability = Some(parse_enum(&key, &text()?)?),
-                "sync-interval-ms" => options.sync_interval_ms = Some(number()?),
-                "sync-bytes" => options.sync_bytes = Some(number()?),
-                "backend" => options.backend = Some(parse_enum(&key, &text()?)?),
-                "segment-bytes" => options.segment_bytes = Some(number()?),
-                "index-bytes" => options.index_bytes = Some(number()?),
-                "max-record-bytes" => {
-                    let n = number()?;
-                    let n =
-                        u32::try_from(n).map_err(|_| invalid(&key, format!("{n} is over {}", u32::MAX)))?;
-                    options.max_record_bytes = Some(n);
-                }
-                "on-corruption" => options.on_corruption = Some(parse_enum(&key, &text()?)?),
-                "log-level" => options.log_level = Some(text()?),
-                "log-format" => options.log_format = Some(parse_enum(&key, &text()?)?),
-                "tls-cert-file" => options.tls_cert_file = Some(PathBuf::from(text()?)),
-                "tls-key-file" => options.tls_key_file = Some(PathBuf::from(text()?)),
-                "tls-client-ca-file" => options.tls_client_ca_file = Some(PathBuf::from(text()?)),
-                "acl-file" => options.acl_file = Some(PathBuf::from(text()?)),
-                "metrics-addr" => options.metrics_addr = Some(parse_addr(&key, &text()?)?),
-                _ => return Err(invalid(&key, "unknown setting")),
+            let source = given.value_source(arg.get_id().as_str());
+            if matches!(source, Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+                continue;
             }
+            let found = value.to_string();
+            merged.insert(key.clone(), value);
+            // One key at a time, so that an error names its setting.
+            toml::Value::Table(merged.clone())
+                .try_into::<Settings>()
+                .map_err(|e| invalid(&key, format!("{} (found {found})", e.message().replace('\n', " "))))?;
         }
-        Ok(options)
+        Ok(toml::Value::Table(merged).try_into().expect("every key was checked"))
     }
 
-    /// Layers `self` over `lower`: a setting given here wins.
-    pub fn or(self, lower: ServeOptions) -> ServeOptions {
-        ServeOptions {
-            addr: self.addr.or(lower.addr),
-            data_dir: self.data_dir.or(lower.data_dir),
-            durability: self.durability.or(lower.durability),
-            sync_interval_ms: self.sync_interval_ms.or(lower.sync_interval_ms),
-            sync_bytes: self.sync_bytes.or(lower.sync_bytes),
-            backend: self.backend.or(lower.backend),
-            segment_bytes: self.segment_bytes.or(lower.segment_bytes),
-            index_bytes: self.index_bytes.or(lower.index_bytes),
-            max_record_bytes: self.max_record_bytes.or(lower.max_record_bytes),
-            on_corruption: self.on_corruption.or(lower.on_corruption),
-            log_level: self.log_level.or(lower.log_level),
-            log_format: self.log_format.or(lower.log_format),
-            tls_cert_file: self.tls_cert_file.or(lower.tls_cert_file),
-            tls_key_file: self.tls_key_file.or(lower.tls_key_file),
-            tls_client_ca_file: self.tls_client_ca_file.or(lower.tls_client_ca_file),
-            acl_file: self.acl_file.or(lower.acl_file),
-            metrics_addr: self.metrics_addr.or(lower.metrics_addr),
+    /// Checks that the settings can work together.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert_file, &self.tls_key_file, &self.tls_client_ca_file) {
+            (Some(_), None, _) => return Err(invalid("tls-key-file", "is needed with tls-cert-file")),
+            (None, Some(_), _) => return Err(invalid("tls-cert-file", "is needed with tls-key-file")),
+            (None, None, Some(_)) => {
+                return Err(invalid(
+                    "tls-client-ca-file",
+                    "needs tls-cert-file and tls-key-file (mutual TLS is TLS)",
+                ));
+            }
+            _ => {}
         }
-    }
-
-    /// Fills in defaults and checks the settings.
-    pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
-        let engine = Config::default();
-        let config = ServeConfig {
-            addr: self.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8400))),
-            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("./ringlog-data")),
-            durability: self.durability.unwrap_or(DurabilityMode::Interval),
-            sync_interval_ms: self.sync_interval_ms.unwrap_or(100),
-            sync_bytes: self.sync_bytes.unwrap_or(4 << 20),
-            backend: self.backend.unwrap_or(BackendKind::Auto),
-            segment_bytes: self.segment_bytes.unwrap_or(engine.store_bytes_max),
-            index_bytes: self.index_bytes.unwrap_or(engine.index_bytes_max),
-            max_record_bytes: self.max_record_bytes.unwrap_or(engine.record_bytes_max),
-            on_corruption: self.on_corruption.unwrap_or(CorruptionMode::Fail),
-            log_level: self
-                .log_level
-                .or_else(|| std::env::var("RUST_LOG").ok().filter(|filter| !filter.is_empty()))
-                .unwrap_or_else(|| "info".to_owned()),
-            log_format: self.log_format.unwrap_or(LogFormat::Pretty),
-            tls: match (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file) {
-                (Some(cert), Some(key), client_ca) => Some(TlsFiles { cert, key, client_ca }),
-                (None, None, None) => None,
-                (Some(_), None, _) => return Err(invalid("tls-key-file", "is needed with tls-cert-file")),
-                (None, Some(_), _) => return Err(invalid("tls-cert-file", "is needed with tls-key-file")),
-                (None, None, Some(_)) => {
-                    return Err(invalid(
-                        "tls-client-ca-file",
-                        "needs tls-cert-file and tls-key-file (mutual TLS is TLS)",
-                    ));
-                }
-            },
-            acl_file: self.acl_file,
-            metrics_addr: self.metrics_addr,
-        };
-        config.check()?;
-        Ok(config)
-    }
-}
-
-fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.parse().map_err(|_| invalid(key, format!("`{text}` is not an address like 127.0.0.1:8400")))
-}
-
-fn parse_enum<T: ValueEnum>(key: &str, text: &str) -> Result<T, ConfigError> {
-    T::from_str(text, true).map_err(|_| {
-        let allowed: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value())
-            .map(|v| v.get_name().to_owned())
-            .collect();
-        invalid(key, format!("`{text}` is not one of {}", allowed.join(", ")))
-    })
-}
-
-impl ServeConfig {
-    fn check(&self) -> Result<(), ConfigError> {
         if self.max_record_bytes == 0 {
             return Err(invalid("max-record-bytes", "must be at least 1"));
         }
@@ -372,6 +244,24 @@ impl ServeConfig {
         Ok(())
     }
 
+    /// The server's TLS files, when it serves TLS (after [`Settings::check`], the certificate
+    /// and key come together).
+    pub fn tls(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+            client_ca: self.tls_client_ca_file.clone(),
+        })
+    }
+
+    /// The tracing filter: `log-level`, else `RUST_LOG`, else `info`.
+    pub fn log_filter(&self) -> String {
+        self.log_level
+            .clone()
+            .or_else(|| std::env::var("RUST_LOG").ok().filter(|filter| !filter.is_empty()))
+            .unwrap_or_else(|| "info".to_owned())
+    }
+
     /// The engine configuration these settings ask for.
     pub fn engine_config(&self) -> Config {
         Config {
@@ -399,26 +289,63 @@ impl ServeConfig {
     }
 }
 
+/// Parses TOML text into a table; the error says on which line.
+fn parse_toml(text: &str) -> Result<toml::Table, String> {
+    text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map(|span| text[..span.start].lines().count().max(1));
+        let reason = e.message().replace('\n', " ");
+        match line {
+            Some(line) => format!("line {line}: {reason}"),
+            None => reason,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use clap::{FromArgMatches as _, Parser as _};
+
     use super::*;
+
+    /// The settings of `flags` (and this process's environment) over a file of `text`.
+    fn layered(flags: &[&str], text: &str) -> Result<Settings, ConfigError> {
+        let matches = Settings::command()
+            .try_get_matches_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        let settings = Settings::from_arg_matches(&matches).unwrap().with_file(file.path(), &matches)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn file(text: &str) -> Result<Settings, ConfigError> {
+        layered(&[], text)
+    }
 
     #[test]
     fn defaults_need_no_settings() {
-        let config = ServeOptions::default().resolve().unwrap();
-        assert_eq!(config.addr.to_string(), "127.0.0.1:8400");
-        assert_eq!(config.data_dir, PathBuf::from("./ringlog-data"));
-        assert_eq!(config.max_record_bytes, 1 << 20);
-        assert_eq!(config.durability, DurabilityMode::Interval);
+        let settings = Settings::parse_from(["serve"]);
+        settings.check().unwrap();
+        assert_eq!(settings.addr.to_string(), "127.0.0.1:8400");
+        assert_eq!(settings.data_dir, PathBuf::from("./ringlog-data"));
+        assert_eq!(settings.max_record_bytes, 1 << 20);
+        assert_eq!(settings.durability, DurabilityMode::Interval);
+        assert_eq!(settings.tls(), None);
     }
 
     #[test]
     fn flags_win_over_the_file() {
-        let file = ServeOptions::from_toml("addr = \"127.0.0.1:9000\"\ndurability = \"always\"\n").unwrap();
-        let flags = ServeOptions { durability: Some(DurabilityMode::None), ..ServeOptions::default() };
-        let config = flags.or(file).resolve().unwrap();
-        assert_eq!(config.addr.port(), 9000);
-        assert_eq!(config.durability, DurabilityMode::None);
+        let text = "addr = \"127.0.0.1:9000\"\ndurability = \"always\"\n";
+        let settings = layered(&["--durability", "none"], text).unwrap();
+        assert_eq!(settings.addr.port(), 9000);
+        assert_eq!(settings.durability, DurabilityMode::None);
+    }
+
+    #[test]
+    fn a_flag_at_its_default_value_still_wins_over_the_file() {
+        let settings = layered(&["--durability", "interval"], "durability = \"always\"").unwrap();
+        assert_eq!(settings.durability, DurabilityMode::Interval);
     }
 
     #[test]
@@ -442,17 +369,28 @@ mod tests {
             acl-file = "acl"
             metrics-addr = "127.0.0.1:9400"
         "#;
-        let config = ServeOptions::from_toml(text).unwrap().resolve().unwrap();
-        let engine = config.engine_config();
+        let settings = file(text).unwrap();
+        let engine = settings.engine_config();
         assert_eq!(engine.durability, Durability::Interval { interval_ms: 5, bytes: 10 });
         assert!(matches!(engine.backend, Backend::Pwrite));
         assert_eq!(engine.record_bytes_max, 1000);
         assert_eq!(engine.on_corruption, OnCorruption::Truncate);
-        assert_eq!(config.log_format, LogFormat::Json);
-        let tls = config.tls.expect("tls");
+        assert_eq!(settings.log_format, LogFormat::Json);
+        assert_eq!(settings.log_filter(), "debug");
+        let tls = settings.tls().expect("tls");
         assert_eq!(tls.client_ca, Some(PathBuf::from("ca.pem")));
-        assert_eq!(config.acl_file, Some(PathBuf::from("acl")));
-        assert_eq!(config.metrics_addr.map(|a| a.port()), Some(9400));
+        assert_eq!(settings.acl_file, Some(PathBuf::from("acl")));
+        assert_eq!(settings.metrics_addr.map(|a| a.port()), Some(9400));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors_naming_the_key() {
+        for key in ["colour", "data_dir", "config", "tls"] {
+            let error = file(&format!("{key} = \"x\"")).unwrap_err().to_string();
+            assert_eq!(error, format!("invalid setting `{key}`: unknown setting"));
+        }
+        let error = file("[addr]\nport = 1").unwrap_err().to_string();
+        assert!(error.contains("`addr`"), "{error}");
     }
 
     #[test]
@@ -464,8 +402,7 @@ mod tests {
             ("log-format = \"xml\"", "`log-format`"),
             ("metrics-addr = \"9400\"", "`metrics-addr`"),
         ] {
-            let error =
-                ServeOptions::from_toml(text).and_then(ServeOptions::resolve).unwrap_err().to_string();
+            let error = file(text).unwrap_err().to_string();
             assert!(error.contains(setting), "{text}: {error}");
         }
     }
@@ -481,12 +418,11 @@ mod tests {
             ("durability = 3", "`durability`"),
         ];
         for (text, setting) in cases {
-            let error =
-                ServeOptions::from_toml(text).and_then(ServeOptions::resolve).unwrap_err().to_string();
+            let error = file(text).unwrap_err().to_string();
             assert!(error.contains(setting), "{text}: {error}");
             assert!(!error.contains('\n'), "{text}: {error}");
         }
-        let error = ServeOptions::from_toml("addr = ").unwrap_err().to_string();
+        let error = file("addr = ").unwrap_err().to_string();
         assert!(!error.contains('\n') && error.contains("line 1"), "{error}");
     }
 }

@@ -118,3 +118,20 @@ fn bad_settings_get_one_line_naming_the_setting() {
     let error = serve_fails(&["--config", file.path().to_str().unwrap()], &[]);
     assert!(error.contains("colour"), "{error}");
 }
+
+#[test]
+fn flags_win_over_the_environment_which_wins_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ringlog.toml");
+    std::fs::write(&file, "durability = \"always\"\nbackend = \"io-uring\"\nsync-interval-ms = 7\n").unwrap();
+    let args = ["--config", file.to_str().unwrap(), "--durability", "interval"];
+    let env = [("RINGLOG_DURABILITY", "none"), ("RINGLOG_BACKEND", "pwrite")];
+    let server = process::serve_with_env(&dir.path().join("data"), &args, &env)
+        .unwrap_or_else(|failed| panic!("ringlog serve did not start: {failed:?}"));
+    let serving = server.line_with("serving");
+    // durability: flag over environment over file; backend: environment over file;
+    // sync-interval-ms: only the file gives it.
+    assert!(serving.contains("durability=Interval { interval_ms: 7,"), "{serving}");
+    assert!(serving.contains("backend=\"pwrite\""), "{serving}");
+    server.terminate();
+}

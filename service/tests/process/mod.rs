@@ -1,6 +1,6 @@
 //! The real `ringlog serve` process: start it on a free loopback port, read the address it
 //! logs, kill it, read its memory use. Shared by the tests that need a real process
-//! (crash torture, corrupt files at startup, hostile input).
+//! (the command line, crash torture, corrupt files at startup, hostile input).
 
 #![allow(dead_code, missing_docs)]
 
@@ -23,6 +23,17 @@ pub struct Serving {
     pub addr: SocketAddr,
     /// Every line the server wrote to stderr so far (kept for failure messages).
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// The lines after the one that says it is serving, as they come.
+    later: Mutex<mpsc::Receiver<String>>,
+}
+
+/// The `addr` field of a log line, pretty (`addr=HOST:PORT`) or JSON (`"addr":"HOST:PORT"`).
+pub fn logged_addr(line: &str) -> Option<SocketAddr> {
+    let (at, end) = match line.find("\"addr\":\"") {
+        Some(at) => (at + "\"addr\":\"".len(), '"'),
+        None => (line.find("addr=")? + "addr=".len(), ' '),
+    };
+    line[at..].split(end).next()?.parse().ok()
 }
 
 /// How a start ended when the server did not come up: its exit status and stderr.
@@ -36,6 +47,11 @@ pub struct Failed {
 /// Starts `ringlog serve --data-dir dir --addr 127.0.0.1:0 <args>` and waits for the line
 /// that says it is serving (an event, not a sleep). `Err` when the process exits first.
 pub fn serve(dir: &Path, args: &[&str]) -> Result<Serving, Failed> {
+    serve_with_env(dir, args, &[])
+}
+
+/// [`serve`] with these environment variables set.
+pub fn serve_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Serving, Failed> {
     let mut child = Command::new(RINGLOG)
         .args(["serve", "--addr", "127.0.0.1:0"])
         .arg("--data-dir")
@@ -43,6 +59,7 @@ pub fn serve(dir: &Path, args: &[&str]) -> Result<Serving, Failed> {
         .args(args)
         .env_remove("RINGLOG_ADDR")
         .env_remove("RINGLOG_LOG_LEVEL")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -59,13 +76,9 @@ pub fn serve(dir: &Path, args: &[&str]) -> Result<Serving, Failed> {
             let _ = tx.send(line);
         }
     });
-    let addr = rx.iter().find_map(|line| {
-        let line = line.contains("serving").then_some(line)?;
-        let at = line.find("addr=")? + "addr=".len();
-        line[at..].split_whitespace().next()?.parse().ok()
-    });
+    let addr = rx.iter().find_map(|line| logged_addr(&line).filter(|_| line.contains("serving")));
     match addr {
-        Some(addr) => Ok(Serving { child, addr, stderr: lines }),
+        Some(addr) => Ok(Serving { child, addr, stderr: lines, later: Mutex::new(rx) }),
         None => {
             let status = child.wait().expect("wait for ringlog serve");
             let stderr = lines.lock().unwrap().clone();
@@ -114,6 +127,19 @@ impl Serving {
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// The first line the server logged that contains `text`, waiting for it if need be
+    /// (panics if the server exits first).
+    pub fn line_with(&self, text: &str) -> String {
+        if let Some(line) = self.stderr.lock().unwrap().iter().find(|line| line.contains(text)) {
+            return line.clone();
+        }
+        let later = self.later.lock().unwrap();
+        later
+            .iter()
+            .find(|line| line.contains(text))
+            .unwrap_or_else(|| panic!("ringlog serve never logged {text:?}: {}", self.stderr_text()))
     }
 
     pub fn stderr_text(&self) -> String {

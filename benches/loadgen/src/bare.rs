@@ -1,5 +1,5 @@
-//! The bare server: `log.v1.Log` over tonic with no storage, the baseline that `ringlog
-//! bench` divides by. Produce answers with incrementing offsets; ProduceStream answers each
+//! The bare server: `log.v1.Log` over tonic with no storage, the baseline that
+//! `ringlog-bench` divides by. Produce answers with incrementing offsets; ProduceStream answers each
 //! request as it is read; ConsumeStream sends generated records (a shared value of the
 //! configured size) as fast as HTTP/2 flow control takes them. Same generated code, codec,
 //! message limits and transport settings as the real server, so the difference between the
@@ -122,7 +122,7 @@ pub async fn serve(
         .await
 }
 
-/// Arguments of `ringlog bench-server`.
+/// Arguments of `ringlog-bench server`.
 #[derive(Debug, clap::Args)]
 pub struct BenchServerArgs {
     /// Address to listen on (loopback)
@@ -136,14 +136,18 @@ pub struct BenchServerArgs {
     record_bytes: usize,
 }
 
-/// `ringlog bench-server --bare`: serves until SIGINT or SIGTERM.
-pub async fn run_server(
-    args: BenchServerArgs,
-    shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+/// `ringlog-bench server --bare`: serves until SIGINT or SIGTERM.
+pub async fn run_server(args: BenchServerArgs) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(args.addr).await.map_err(|e| anyhow::anyhow!("listening on {}: {e}", args.addr))?;
     eprintln!("bare log.v1 server (no storage) on {}", listener.local_addr()?);
-    serve(listener, args.record_bytes, shutdown).await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    serve(listener, args.record_bytes, stop).await?;
     Ok(())
 }

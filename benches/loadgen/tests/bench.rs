@@ -1,4 +1,4 @@
-//! `ringlog bench` end to end: a few hundred records against in-process servers, checked
+//! `ringlog-bench` end to end: a few hundred records against in-process servers, checked
 //! through its JSON report (counts only; timing never decides a test).
 
 use std::process::Command;
@@ -6,15 +6,14 @@ use std::process::Command;
 fn bench(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_ringlog"))
-        .arg("bench")
+    let output = Command::new(env!("CARGO_BIN_EXE_ringlog-bench"))
         .args(args)
         .arg("--json")
         .arg(&json)
         .args(["--durability", "none", "--backend", "pwrite"])
         .output()
-        .expect("run ringlog bench");
-    assert!(output.status.success(), "ringlog bench failed: {}", String::from_utf8_lossy(&output.stderr));
+        .expect("run ringlog-bench");
+    assert!(output.status.success(), "ringlog-bench failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
 }
 

@@ -20,7 +20,7 @@ use ringlog_service::{
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use super::{
+use crate::{
     report::{histogram, record},
     schedule::{Source, now_ns},
 };
@@ -192,7 +192,7 @@ pub async fn consume_stream(
         for record in records(&message) {
             count += 1;
             if delivery && let Some(sent) = sent_ns(&record.value) {
-                super::report::record(&mut tally.latency, now.saturating_sub(sent), 1);
+                crate::report::record(&mut tally.latency, now.saturating_sub(sent), 1);
             }
         }
         tally.records += count;

@@ -1,5 +1,5 @@
 //! What a run measured, as people read it (one line per run, ratios to the bare server) and
-//! as JSON (`--json FILE`, the input of `docs/bench/plot.py`).
+//! as JSON (`--json FILE`, the input of `benches/plot.py service`).
 
 use std::{path::Path, time::Duration};
 
@@ -179,7 +179,7 @@ impl Ratio {
 /// The whole of `--json FILE`.
 #[derive(Debug, Serialize)]
 pub struct Report<S: Serialize> {
-    /// `ringlog bench` and its version.
+    /// `ringlog-bench` and its version.
     pub tool: String,
     /// The settings of the run.
     pub settings: S,

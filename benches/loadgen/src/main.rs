@@ -1,4 +1,6 @@
-//! `ringlog bench`: the end-to-end load generator, and `ringlog bench-server --bare`.
+//! `ringlog-bench`: the end-to-end load generator of ringlog's gRPC service, and
+//! `ringlog-bench server --bare`, the storage-less baseline it compares with. A binary of its
+//! own, so the `ringlog` binary that people deploy carries nothing for measuring.
 //!
 //! A run measures one workload against one or more servers: a running one (`--addr`), or
 //! servers it starts itself in this process on `127.0.0.1:0` (`--server ringlog|bare|both`):
@@ -12,6 +14,8 @@
 //! ConsumeStream (reading a prefilled log), and mixed (producers and followers of the tail
 //! at once: append-to-delivery latency). Closed loop by default (each worker sends as fast as
 //! it is let); `--rate` makes it open loop (see [`schedule`]).
+
+#![forbid(unsafe_code)]
 
 mod bare;
 mod load;
@@ -29,6 +33,7 @@ use std::{
 };
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ringlog_engine::{Backend, Config, Durability, Log};
 use ringlog_service::{
@@ -38,10 +43,46 @@ use ringlog_service::{
 use serde::Serialize;
 use tokio::{sync::watch, task::JoinSet};
 
-pub use bare::{BenchServerArgs, run_server};
+use bare::BenchServerArgs;
 use load::{Shape, Tally};
 use report::{Ratio, Report, Run};
 use schedule::{Limit, now_ns};
+
+/// Load-test ringlog's gRPC service (or in-process ringlog and bare tonic): records/s, MB/s,
+/// latency percentiles.
+#[derive(Debug, Parser)]
+#[command(name = "ringlog-bench", version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve log.v1 with no storage: the bare tonic baseline that a run compares with.
+    Server(BenchServerArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Server(args)) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|runtime| runtime.block_on(bare::run_server(args))),
+        None => run(cli.bench),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ringlog-bench: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// What a run measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -59,7 +100,7 @@ pub enum Workload {
     Mixed,
 }
 
-/// Which servers `ringlog bench` starts in this process.
+/// Which servers `ringlog-bench` starts in this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServerChoice {
@@ -71,7 +112,7 @@ pub enum ServerChoice {
     Both,
 }
 
-/// Arguments of `ringlog bench`.
+/// What to measure, and against which servers.
 #[derive(Clone, Debug, clap::Args, Serialize)]
 pub struct BenchArgs {
     /// What to measure
@@ -258,7 +299,7 @@ impl Target {
     }
 }
 
-/// Runs `ringlog bench`.
+/// Runs the measurement `args` asks for.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     args.check()?;
     let client = tokio::runtime::Builder::new_multi_thread()
@@ -310,7 +351,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.json {
         let report = Report {
-            tool: format!("ringlog bench {}", env!("CARGO_PKG_VERSION")),
+            tool: format!("ringlog-bench {}", env!("CARGO_PKG_VERSION")),
             settings: args.clone(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             runs,
