@@ -417,3 +417,31 @@ fn large_groups_round_trip_through_every_write_path() {
         assert_eq!(f.open().next_offset(), 2100, "[{}]", f.name);
     }
 }
+
+#[test]
+fn with_durability_always_readers_never_see_a_record_a_power_loss_could_erase() {
+    use ringlog_engine::{Backend, Durability, SimDisk, SimFault};
+    let disk = SimDisk::new();
+    let config = Config {
+        durability: Durability::Always,
+        backend: Backend::Simulated(disk.clone()),
+        ..Config::default()
+    };
+    let log = Log::open("/always", config.clone()).unwrap();
+    log.append(&b"durable"[..]).unwrap();
+    // The next record is written, but its fdatasync fails: it is not durable.
+    disk.inject(SimFault::Sync { after: 0, errno: libc::EIO });
+    assert!(log.append(&b"lost"[..]).is_err());
+    assert_eq!(log.read(0).unwrap().value, Bytes::from_static(b"durable"));
+    assert!(
+        matches!(log.read(1), Err(Error::OffsetNotWritten { offset: 1, next: 1 })),
+        "a record written but never synced is not delivered"
+    );
+    assert_eq!(log.read_from(0, 10, usize::MAX).unwrap().len(), 1);
+    // After a power loss the offset is empty (or holds another record): a reader that saw
+    // "lost" would have seen a record that never existed.
+    let crashed = disk.crash();
+    drop(log);
+    let log = Log::open("/always", Config { backend: Backend::Simulated(crashed), ..config }).unwrap();
+    assert_eq!(log.next_offset(), 1);
+}

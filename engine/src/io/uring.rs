@@ -1,6 +1,6 @@
-//! The io_uring backend: appends are submitted as `IORING_OP_WRITE`s on a ring owned by
-//! the store file, and complete asynchronously: the appender encodes the next group
-//! while the kernel copies this one into the page cache.
+//! The io_uring backend: appends are submitted as `IORING_OP_WRITE`s on one ring per log
+//! (created on the first large write), and complete asynchronously: the appender encodes
+//! the next group while the kernel copies this one into the page cache.
 //!
 //! A group's buffer is split into chunks that are all in flight at once. Groups under
 //! 64 KiB are written with a plain `pwrite` instead: the kernel punts buffered ring writes
@@ -10,8 +10,13 @@
 //! system calls.
 //!
 //! Soundness: a buffer handed to the kernel is owned by an [`InFlightWrite`] until every
-//! entry that points into it has completed; dropping one waits for the kernel first, and
-//! if the ring itself fails mid-flight the buffer is leaked rather than freed.
+//! entry that points into it has completed; dropping one waits for the kernel first. If
+//! the ring fails while entries may still point into the buffer (a failed submit leaves
+//! pushed entries in the submission queue; a failed wait leaves them in flight) the
+//! buffer is leaked rather than freed, and the ring is marked broken so that nothing is
+//! ever submitted on it again. Each completion carries its write's sequence number and
+//! chunk: one that does not belong to the write being reaped breaks the ring too, instead
+//! of indexing out of bounds.
 
 use std::{
     fs::File,
@@ -36,9 +41,16 @@ const RING_MIN_BYTES: usize = 64 * 1024;
 /// Ring size: the most writes in flight for one group.
 const RING_ENTRIES: u32 = 16;
 
-/// Real files appended through io_uring.
-#[derive(Debug)]
-pub(crate) struct UringDisk;
+/// Real files appended through io_uring; one ring for the whole log.
+pub(crate) struct UringDisk {
+    ring: Arc<OnceLock<io::Result<Ring>>>,
+}
+
+impl std::fmt::Debug for UringDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringDisk").field("ring_created", &self.ring.get().is_some()).finish()
+    }
+}
 
 impl UringDisk {
     /// Checks that the kernel supports the writes this backend issues; the error says why
@@ -53,7 +65,7 @@ impl UringDisk {
                 "kernel io_uring lacks IORING_OP_WRITE (needs Linux 5.6 or later)",
             ));
         }
-        Ok(UringDisk)
+        Ok(UringDisk { ring: Arc::new(OnceLock::new()) })
     }
 }
 
@@ -69,7 +81,7 @@ impl Disk for UringDisk {
     }
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>> {
         let file = Arc::new(super::open_std(path, create)?);
-        Ok(Arc::new(UringFile { file, ring: OnceLock::new() }))
+        Ok(Arc::new(UringFile { file, ring: Arc::clone(&self.ring) }))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
@@ -85,25 +97,57 @@ impl Disk for UringDisk {
     }
 }
 
-type Ring = Arc<Mutex<IoUring>>;
+/// The log's ring, and what it knows about itself.
+struct RingState {
+    ring: IoUring,
+    /// Sequence number of the last write submitted, tagged into every entry's user data.
+    writes: u64,
+    /// Set when entries may be left in the ring that no write will reap: the ring is
+    /// never used again (the log is poisoned by the failed write anyway).
+    broken: bool,
+    /// Tests: the next submit fails after pushing its entries, as a full kernel queue would.
+    #[cfg(test)]
+    fail_next_submit: bool,
+}
+
+type Ring = Arc<Mutex<RingState>>;
 
 struct UringFile {
     file: Arc<File>,
-    /// Created on the first append, so index files (written through their map) have none.
-    ring: OnceLock<io::Result<Ring>>,
+    /// The log's ring, created on the first large append.
+    ring: Arc<OnceLock<io::Result<Ring>>>,
 }
 
 impl UringFile {
     fn ring(&self) -> io::Result<Ring> {
-        match self.ring.get_or_init(|| IoUring::new(RING_ENTRIES).map(|ring| Arc::new(Mutex::new(ring)))) {
+        let created = self.ring.get_or_init(|| {
+            let ring = IoUring::new(RING_ENTRIES)?;
+            Ok(Arc::new(Mutex::new(RingState {
+                ring,
+                writes: 0,
+                broken: false,
+                #[cfg(test)]
+                fail_next_submit: false,
+            })))
+        });
+        match created {
             Ok(ring) => Ok(Arc::clone(ring)),
             Err(error) => Err(io::Error::new(error.kind(), format!("creating an io_uring: {error}"))),
         }
     }
 }
 
-fn lock(ring: &Ring) -> MutexGuard<'_, IoUring> {
+fn lock(ring: &Ring) -> MutexGuard<'_, RingState> {
     ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn broken() -> io::Error {
+    io::Error::other("the io_uring failed earlier with writes in flight and is not used again")
+}
+
+/// User data of an entry: the write's sequence number and the chunk's slot.
+fn user_data(write: u64, slot: usize) -> u64 {
+    write << 8 | slot as u64
 }
 
 /// A write in the kernel's hands; see the module docs for why it owns its buffer.
@@ -112,6 +156,8 @@ pub(crate) struct InFlightWrite {
     file: Arc<File>,
     buf: Option<Vec<u8>>,
     pos: u64,
+    /// This write's sequence number on the ring.
+    seq: u64,
     /// Ranges of `buf` submitted and not yet reaped.
     submitted: Vec<(usize, usize)>,
     /// Ranges of `buf` not yet submitted.
@@ -120,7 +166,11 @@ pub(crate) struct InFlightWrite {
 
 impl InFlightWrite {
     /// Pushes queued ranges (up to the ring's size) and submits them without waiting.
-    fn submit(&mut self, ring: &mut IoUring) -> io::Result<()> {
+    /// On failure the pushed entries may still be submitted later: the ring is broken.
+    fn submit(&mut self, state: &mut RingState) -> io::Result<()> {
+        if state.broken {
+            return Err(broken());
+        }
         let buf = self.buf.as_ref().expect("buffer present until completion");
         let fd = types::Fd(self.file.as_raw_fd());
         let take = self.queued.len().min(RING_ENTRIES as usize);
@@ -129,36 +179,61 @@ impl InFlightWrite {
             let write = opcode::Write::new(fd, buf[start..].as_ptr(), len)
                 .offset(self.pos + start as u64)
                 .build()
-                .user_data(slot as u64);
+                .user_data(user_data(self.seq, slot));
             // SAFETY: the entry points into `buf`, which `self` owns and keeps (neither
             // dropped nor reallocated) until the entry has completed: `wait` reaps every
             // submitted entry, `Drop` waits too, and a ring failure leaks the buffer. The
             // fd stays open because `self` holds the file.
-            unsafe { ring.submission().push(&write) }
+            unsafe { state.ring.submission().push(&write) }
                 .expect("the ring has room: every earlier entry was reaped");
             self.submitted.push((start, end));
         }
-        ring.submit().map(|_| ())
+        #[cfg(test)]
+        if std::mem::take(&mut state.fail_next_submit) {
+            state.broken = true;
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        state.ring.submit().map(|_| ()).inspect_err(|_| state.broken = true)
     }
 
-    /// Waits for every submitted range; requeues the rest of any short write.
-    fn reap(&mut self, ring: &mut IoUring) -> io::Result<()> {
-        let want = self.submitted.len();
-        loop {
-            match ring.submit_and_wait(want) {
-                Ok(_) if ring.completion().len() >= want => break,
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
+    /// Waits for every submitted range; requeues the rest of any short write. A ring
+    /// failure, or a completion that is not this write's, breaks the ring.
+    fn reap(&mut self, state: &mut RingState) -> io::Result<()> {
+        if state.broken {
+            return Err(broken());
         }
-        let mut results = vec![0i32; want];
-        for cqe in ring.completion() {
-            results[cqe.user_data() as usize] = cqe.result();
+        let want = self.submitted.len();
+        let mut results: Vec<Option<i32>> = vec![None; want];
+        let mut reaped = 0;
+        while reaped < want {
+            match state.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    state.broken = true;
+                    return Err(e);
+                }
+            }
+            for cqe in state.ring.completion() {
+                let slot = (cqe.user_data() & 0xff) as usize;
+                let result = match results.get_mut(slot) {
+                    Some(result) if cqe.user_data() >> 8 == self.seq && result.is_none() => result,
+                    _ => {
+                        state.broken = true;
+                        return Err(io::Error::other(format!(
+                            "io_uring returned a completion (user data {:#x}) that belongs to no write in flight",
+                            cqe.user_data()
+                        )));
+                    }
+                };
+                *result = Some(cqe.result());
+                reaped += 1;
+            }
         }
         let submitted = std::mem::take(&mut self.submitted);
         let mut first_error = None;
         for (&(start, end), &result) in submitted.iter().zip(&results) {
+            let result = result.expect("every slot was reaped");
             if result < 0 {
                 first_error.get_or_insert(io::Error::from_raw_os_error(-result));
             } else if result == 0 {
@@ -184,22 +259,26 @@ impl InFlightWrite {
 
     fn finish(&mut self) -> io::Result<()> {
         let ring = Arc::clone(&self.ring);
-        let mut ring = lock(&ring);
+        let mut state = lock(&ring);
+        let result = self.drive(&mut state);
+        if state.broken && self.buf.is_some() && (result.is_err() || !self.submitted.is_empty()) {
+            // The kernel may still read the buffer (entries in flight, or pushed and not
+            // yet submitted): it must never be freed.
+            std::mem::forget(self.buf.take());
+            self.submitted.clear();
+        }
+        result
+    }
+
+    fn drive(&mut self, state: &mut RingState) -> io::Result<()> {
         loop {
-            if !self.submitted.is_empty()
-                && let Err(error) = self.reap(&mut ring)
-            {
-                if !self.submitted.is_empty() {
-                    // The ring failed with entries in flight: the kernel may still read
-                    // the buffer, so it must never be freed.
-                    std::mem::forget(self.buf.take());
-                }
-                return Err(error);
+            if !self.submitted.is_empty() {
+                self.reap(state)?;
             }
             if self.queued.is_empty() {
                 return Ok(());
             }
-            self.submit(&mut ring)?;
+            self.submit(state)?;
         }
     }
 }
@@ -232,26 +311,32 @@ impl DiskFile for UringFile {
         };
         let queued =
             (0..buf.len()).step_by(CHUNK_BYTES).map(|s| (s, (s + CHUNK_BYTES).min(buf.len()))).collect();
+        let seq = {
+            let mut state = lock(&ring);
+            state.writes += 1;
+            state.writes
+        };
         let mut write = InFlightWrite {
             ring,
             file: Arc::clone(&self.file),
             buf: Some(buf),
             pos,
+            seq,
             submitted: Vec::new(),
             queued,
         };
         let submitted = {
             let ring = Arc::clone(&write.ring);
-            let mut ring = lock(&ring);
-            write.submit(&mut ring)
+            let mut state = lock(&ring);
+            write.submit(&mut state)
         };
         match submitted {
             Ok(()) => PendingWrite::Uring(write),
-            // Entries may be queued in the ring: `wait` submits and reaps them (or leaks
-            // the buffer), and its outcome is the write's.
-            Err(_) => {
-                let (buf, result) = write.wait();
-                PendingWrite::Complete(buf, result)
+            // Entries may be queued in the ring, which is now broken: `wait` leaks the
+            // buffer rather than hand it back; the submit's error is the write's.
+            Err(error) => {
+                let (buf, _) = write.wait();
+                PendingWrite::Complete(buf, Err(error))
             }
         }
     }
@@ -266,5 +351,75 @@ impl DiskFile for UringFile {
     }
     fn std_file(&self) -> Option<&File> {
         Some(&self.file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A disk and a file on it, or `None` where the kernel forbids io_uring.
+    fn uring_file() -> Option<(UringDisk, Arc<dyn DiskFile>, tempfile::TempDir)> {
+        let disk = match UringDisk::probe() {
+            Ok(disk) => disk,
+            Err(why) => {
+                eprintln!("skipped: io_uring is not available here: {why}");
+                return None;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = disk.open(&dir.path().join("f"), true).unwrap();
+        Some((disk, file, dir))
+    }
+
+    fn state(disk: &UringDisk) -> Ring {
+        Arc::clone(disk.ring.get().expect("ring created").as_ref().unwrap())
+    }
+
+    #[test]
+    fn every_file_of_a_log_shares_one_ring() {
+        let Some((disk, file, dir)) = uring_file() else { return };
+        let other = disk.open(&dir.path().join("g"), true).unwrap();
+        let (_, result) = file.start_write_at(vec![1; RING_MIN_BYTES], 0).wait();
+        result.unwrap();
+        let ring = state(&disk);
+        let (_, result) = other.start_write_at(vec![2; RING_MIN_BYTES], 0).wait();
+        result.unwrap();
+        assert!(Arc::ptr_eq(&ring, &state(&disk)));
+        assert_eq!(lock(&ring).writes, 2, "both writes went through the one ring");
+    }
+
+    #[test]
+    fn a_failed_submit_never_hands_back_a_buffer_the_ring_may_still_read() {
+        let Some((disk, file, _dir)) = uring_file() else { return };
+        let (_, result) = file.start_write_at(vec![1; RING_MIN_BYTES], 0).wait();
+        result.unwrap();
+        lock(&state(&disk)).fail_next_submit = true;
+        let (buf, result) = file.start_write_at(vec![7; 4 * CHUNK_BYTES], 0).wait();
+        assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EBUSY));
+        assert!(buf.is_empty(), "the buffer with queued entries pointing into it is leaked, not returned");
+        let (_, later) = file.start_write_at(vec![3; RING_MIN_BYTES], 0).wait();
+        assert!(
+            later.unwrap_err().to_string().contains("not used again"),
+            "a broken ring is never used again"
+        );
+    }
+
+    #[test]
+    fn a_stray_completion_breaks_the_ring_instead_of_panicking() {
+        let Some((disk, file, _dir)) = uring_file() else { return };
+        let (_, result) = file.start_write_at(vec![1; RING_MIN_BYTES], 0).wait();
+        result.unwrap();
+        {
+            let ring = state(&disk);
+            let mut state = lock(&ring);
+            let nop = opcode::Nop::new().build().user_data(user_data(999, 200));
+            // SAFETY: a NOP entry points at no memory.
+            unsafe { state.ring.submission().push(&nop) }.unwrap();
+        }
+        let (buf, result) = file.start_write_at(vec![5; RING_MIN_BYTES], 0).wait();
+        let error = result.unwrap_err();
+        assert!(error.to_string().contains("belongs to no write"), "{error}");
+        assert!(buf.is_empty(), "entries of the write may still be in flight: the buffer is leaked");
     }
 }
