@@ -156,7 +156,16 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
                 .with_context(|| format!("listening on {addr} (setting `metrics-addr`)"))?;
             server = server.metrics_listener(metrics);
         }
-        server.serve(listener, shutdown_signal()).await?;
+        let shutdown = async {
+            shutdown_signal().await;
+            // A second signal means "now": someone is done waiting for a slow shutdown.
+            tokio::spawn(async {
+                shutdown_signal().await;
+                eprintln!("ringlog: second signal during shutdown: exiting at once (the log was not closed)");
+                std::process::exit(2);
+            });
+        };
+        server.serve(listener, shutdown).await?;
         anyhow::Ok(())
     })
 }

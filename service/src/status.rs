@@ -42,7 +42,11 @@ pub fn from_engine(error: &Error) -> Status {
         Error::DiskFull { .. } | Error::OffsetsExhausted { .. } => {
             Status::resource_exhausted(error.to_string())
         }
-        Error::Poisoned(_) | Error::Closed => Status::unavailable(error.to_string()),
+        Error::Poisoned(_) | Error::Closed | Error::Truncated { .. } => {
+            Status::unavailable(error.to_string())
+        }
+        // Bytes on disk are not what was written: the record is lost, not the server broken.
+        Error::Corrupt { .. } => Status::data_loss(error.to_string()),
         _ => Status::internal(error.to_string()),
     }
 }
@@ -139,7 +143,8 @@ mod tests {
             (Error::Poisoned(Arc::from("bad sync")), Code::Unavailable),
             (Error::Closed, Code::Unavailable),
             (Error::Io { context: "reading x".into(), source: io() }, Code::Internal),
-            (Error::Corrupt { path: "s".into(), position: 3, reason: "crc".into() }, Code::Internal),
+            (Error::Corrupt { path: "s".into(), position: 3, reason: "crc".into() }, Code::DataLoss),
+            (Error::Truncated { index: 4 }, Code::Unavailable),
         ];
         for (error, code) in cases {
             let status = from_engine(&error);

@@ -135,3 +135,52 @@ fn flags_win_over_the_environment_which_wins_over_the_file() {
     assert!(serving.contains("backend=\"pwrite\""), "{serving}");
     server.terminate();
 }
+
+#[test]
+fn a_second_open_of_a_data_directory_is_refused_naming_it_and_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = serve(dir.path());
+    let failed = match process::serve(dir.path(), &[]) {
+        Ok(_) => panic!("a second ringlog serve started on the same data directory"),
+        Err(failed) => failed,
+    };
+    assert!(!failed.success);
+    let line = failed.stderr.last().cloned().unwrap_or_default();
+    assert!(line.contains(&dir.path().display().to_string()), "names the directory: {line}");
+    assert!(line.contains(&format!("locked by process {}", first.0.pid())), "names the holder: {line}");
+    first.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_a_slow_shutdown_exits_at_once() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path()).0;
+    // An open health Watch keeps the graceful shutdown waiting (for its 30 s grace).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap();
+    let signal = |server: &process::Serving| {
+        let status = Command::new("kill").args(["-TERM", &server.pid().to_string()]).status().unwrap();
+        assert!(status.success());
+    };
+    signal(&server);
+    server.line_with("shutting down");
+    signal(&server);
+    let (exit, line) = tokio::task::spawn_blocking(move || {
+        let exit = server.child.wait().unwrap();
+        (exit, server.line_with("second signal"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.code(), Some(2), "exits at once, not after the grace period ({line})");
+    drop(watch);
+}

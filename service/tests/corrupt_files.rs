@@ -4,7 +4,7 @@
 //!   default `--on-corruption fail`, `ringlog serve` exits with one line naming the file and
 //!   byte position; with `truncate` it starts with the log cut there;
 //! - a flipped byte mid-way through a sealed segment (which recovery does not scan by
-//!   default): it starts, and reading that record fails with `INTERNAL` naming the file and
+//!   default): it starts, and reading that record fails with `DATA_LOSS` naming the file and
 //!   position, while every other record reads back;
 //! - a flipped byte in the active segment's tail: cut with a warning naming the file;
 //! - truncated indexes: rebuilt from the stores, every record reads back;
@@ -140,7 +140,7 @@ async fn a_flipped_byte_mid_sealed_segment_is_found_by_the_read_naming_file_and_
     // Recovery checks only the last record of a sealed segment (format.md), so it starts.
     let server = process::serve(dir.path(), ARGS).unwrap_or_else(|f| panic!("starts: {f:?}"));
     let status = read(&server, victim).await.unwrap_err();
-    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
     assert!(status.message().contains(&format!("{:020}.store", bases[0])), "names the file: {status:?}");
     assert!(status.message().contains(&format!("at byte {at}")), "names the position {at}: {status:?}");
     for i in (0..RECORDS).filter(|&i| i != victim) {

@@ -114,8 +114,10 @@ async fn fault_poisons_until_reopen(durability: Durability, fault: SimFault, rea
         assert_end(&server, n).await;
     }
     drop(client);
-    // Closing a poisoned log reports the poison; either way the files are left as they are.
-    let _ = server.stop().await;
+    // Stopping reports the poison (`ringlog serve` exits non-zero with it); the files are
+    // left as they are.
+    let stopped = server.stop().await.expect_err("stopping a server whose log is poisoned fails");
+    assert!(stopped.to_string().contains(reason), "the poison's reason: {stopped}");
 
     // A lost machine keeps only what was synced; with `always` that is everything
     // acknowledged. With `none` a killed process keeps the page cache: reopen that.

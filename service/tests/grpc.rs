@@ -247,7 +247,7 @@ async fn a_closed_log_is_unavailable() {
 }
 
 #[tokio::test]
-async fn corruption_found_on_read_is_internal_with_the_reason() {
+async fn corruption_found_on_read_is_data_loss_with_the_reason() {
     let server = TestServer::start(config()).await;
     let mut client = server.client().await;
     client.produce(produce_request("soon corrupt")).await.unwrap();
@@ -261,7 +261,7 @@ async fn corruption_found_on_read_is_internal_with_the_reason() {
     bytes[last] ^= 0xff;
     std::fs::write(&store, bytes).unwrap();
     let status = client.consume(consume(0)).await.unwrap_err();
-    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
     assert!(status.message().contains("corrupt"), "{}", status.message());
     server.stop().await.unwrap();
 }
