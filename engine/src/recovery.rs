@@ -54,7 +54,7 @@ pub(crate) fn recover(
     dir: &Path,
     config: &Config,
 ) -> Result<(Vec<Arc<Segment>>, RecoveryReport)> {
-    disk.create_dir_all(dir).context(|| format!("creating data directory {}", dir.display()))?;
+    create_dir_durably(disk, dir)?;
     let bases = list_segments(disk, dir)?;
     let capacity = index::capacity(config.index_bytes_max);
     let mut report = RecoveryReport::default();
@@ -123,6 +123,20 @@ pub(crate) fn recover(
         "recovered log"
     );
     Ok((segments, report))
+}
+
+/// Creates the data directory and any missing directory above it, syncing the parent of
+/// each one created: until then a crash may take the directory away with every segment in it.
+fn create_dir_durably(disk: &dyn Disk, dir: &Path) -> Result<()> {
+    let is_missing = |d: &Path| disk.list(d).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+    let missing: Vec<&Path> =
+        dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && is_missing(d)).collect();
+    disk.create_dir_all(dir).context(|| format!("creating data directory {}", dir.display()))?;
+    for created in missing.into_iter().rev() {
+        let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        disk.sync_dir(parent).context(|| format!("syncing directory {}", parent.display()))?;
+    }
+    Ok(())
 }
 
 /// Base offsets of the segments in `dir`, in order.
