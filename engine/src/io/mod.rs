@@ -28,7 +28,13 @@ pub(crate) trait Disk: Send + Sync + fmt::Debug {
     /// Opens a file for reading and writing; creates it (empty) when `create` is set.
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>>;
     fn remove(&self, path: &Path) -> io::Result<()>;
-    /// Makes creations and removals in `dir` durable.
+    /// Renames a file, replacing any file at `to` (atomically, as `rename(2)` does); durable
+    /// once the directory is synced. Real backends use `std::fs::rename`.
+    #[allow(dead_code, reason = "for the metadata file, written atomically (issue 9)")]
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    /// Makes creations, removals and renames in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
@@ -49,6 +55,12 @@ pub(crate) trait DiskFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The real file, when there is one, so the index can be memory-mapped.
     fn std_file(&self) -> Option<&File>;
+    /// Stores `bytes` at `pos` the way a store through a shared memory map does: into the
+    /// page cache, with no system call that could fail. Only files without a
+    /// [`std_file`](DiskFile::std_file) (the simulated disk's) are ever written this way.
+    fn store_mapped(&self, bytes: &[u8], pos: u64) {
+        unreachable!("store_mapped of {} bytes at {pos} on a file that is mapped", bytes.len())
+    }
 }
 
 /// A write handed to a backend: complete already, or in the kernel's hands.
