@@ -203,6 +203,13 @@ fn recover_segment(
         return Err(Error::corrupt(&store_path, 0, reason));
     }
     let store_file = disk.open(&store_path, false).context(|| format!("opening {}", store_path.display()))?;
+    if is_last {
+        // Pages whose writeback failed in an earlier run stay cached and clean: a sync would
+        // not write them, yet reads would see them. Write what is dirty, drop what is clean,
+        // and recover from what is really on the disk.
+        store_file.sync_data().context(|| format!("syncing {}", store_path.display()))?;
+        store_file.drop_clean_pages();
+    }
     let store_len = store_file.len().context(|| format!("opening {}", store_path.display()))?;
     if is_last && store_len < store::HEADER_LEN as u64 {
         // Torn while the segment was being created: nothing was ever acknowledged in it.

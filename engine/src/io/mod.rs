@@ -55,6 +55,18 @@ pub(crate) trait DiskFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The real file, when there is one, so the index can be memory-mapped.
     fn std_file(&self) -> Option<&File>;
+    /// Drops the file's clean pages from the page cache (best effort), so that later reads
+    /// show what is on the disk. After a failed writeback Linux keeps the pages it could not
+    /// write cached and clean: reads see data that is not on the disk, and a later
+    /// `fdatasync` succeeds without writing it.
+    fn drop_clean_pages(&self) {
+        use std::os::fd::AsRawFd;
+        if let Some(file) = self.std_file() {
+            // SAFETY: posix_fadvise reads no memory of ours: it takes a descriptor, which
+            // stays open while `file` is borrowed, and three integers. It is only advice.
+            let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
+    }
     /// Stores `bytes` at `pos` the way a store through a shared memory map does: into the
     /// page cache, with no system call that could fail. Only files without a
     /// [`std_file`](DiskFile::std_file) (the simulated disk's) are ever written this way.

@@ -36,6 +36,8 @@
 //!   gone, which is why a failed fsync must never be retried nor its error lost.
 //!   Directory syncs never fail.
 //!
+//! [`DiskFile::drop_clean_pages`] evicts the clean pages, so reads show the disk again.
+//!
 //! **Sync gate** (for deterministic concurrency tests): after [`SimDisk::hold_syncs`],
 //! every `sync_data` waits on entry until the test releases it, in any order it chooses
 //! ([`SimDisk::release_sync`]); which sync fails is decided when it runs.
@@ -193,6 +195,18 @@ impl FileData {
             let end = (start + PAGE).min(self.written.len());
             if start < end {
                 self.durable[start..end].copy_from_slice(&self.written[start..end]);
+            }
+        }
+    }
+
+    /// Evicts the clean pages: they are read again from the disk (zeros past its size).
+    fn drop_clean_pages(&mut self) {
+        let pages = self.written.len().div_ceil(PAGE);
+        for page in (0..pages).filter(|page| !self.dirty.contains(page)) {
+            let start = page * PAGE;
+            let end = (start + PAGE).min(self.written.len());
+            for (i, byte) in self.written[start..end].iter_mut().enumerate() {
+                *byte = self.durable.get(start + i).copied().unwrap_or(0);
             }
         }
     }
@@ -674,6 +688,10 @@ impl DiskFile for SimFile {
         let len = if fault.is_some() { buf.len() / 2 } else { buf.len() };
         lock(&self.data).write(&buf[..len], pos as usize);
         (buf, fault.map_or(Ok(()), Err))
+    }
+
+    fn drop_clean_pages(&self) {
+        lock(&self.data).drop_clean_pages();
     }
 
     fn store_mapped(&self, bytes: &[u8], pos: u64) {
