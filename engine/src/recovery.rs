@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use crate::{
     config::{Config, OFFSET_LIMIT, OnCorruption},
     error::{Error, IoContext, Result},
+    header::{self, FileKind},
     index::{self, Index},
     io::{Disk, DiskFile},
     record,
@@ -211,7 +212,7 @@ fn recover_segment(
         store_file.drop_clean_pages();
     }
     let store_len = store_file.len().context(|| format!("opening {}", store_path.display()))?;
-    if is_last && store_len < store::HEADER_LEN as u64 {
+    if is_last && header_is_torn(store_file.as_ref(), base, store_len) {
         // Torn while the segment was being created: nothing was ever acknowledged in it.
         warn!(file = %store_path.display(), "recreating a segment whose header was torn");
         report.truncated.push((store_path.clone(), 0, "torn file header".into()));
@@ -277,6 +278,21 @@ fn recover_segment(
         index.trim()?;
     }
     Ok((Segment::new(base, store, index), cut))
+}
+
+/// Whether a store's header never reached the disk whole: the file is shorter than a
+/// header, or the header is invalid and no valid first frame follows it (the page holding
+/// both was lost or torn before any sync covered it). An invalid header followed by the
+/// segment's first frame is corruption, not a tear.
+fn header_is_torn(file: &dyn DiskFile, base: u64, store_len: u64) -> bool {
+    let mut head = [0u8; store::HEADER_LEN];
+    if store_len < store::HEADER_LEN as u64 {
+        return true;
+    }
+    if file.read_exact_at(&mut head, 0).is_err() || header::validate(&head, FileKind::Store, base).is_ok() {
+        return false; // Store::open reports a read error
+    }
+    !frame_at(file, store::HEADER_LEN as u64, store_len).is_ok_and(|first| first.offset == base)
 }
 
 /// Decodes the header of the frame at `position`, verifying the whole frame.
