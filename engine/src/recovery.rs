@@ -281,18 +281,21 @@ fn recover_segment(
 }
 
 /// Whether a store's header never reached the disk whole: the file is shorter than a
-/// header, or the header is invalid and no valid first frame follows it (the page holding
-/// both was lost or torn before any sync covered it). An invalid header followed by the
-/// segment's first frame is corruption, not a tear.
+/// header, or the header is broken and no valid frame follows it (the page holding both
+/// was lost or torn before any sync covered it). A broken header before a valid frame is
+/// corruption, and a whole header naming another base a misplaced file: not tears.
 fn header_is_torn(file: &dyn DiskFile, base: u64, store_len: u64) -> bool {
     let mut head = [0u8; store::HEADER_LEN];
     if store_len < store::HEADER_LEN as u64 {
         return true;
     }
-    if file.read_exact_at(&mut head, 0).is_err() || header::validate(&head, FileKind::Store, base).is_ok() {
-        return false; // Store::open reports a read error
+    if file.read_exact_at(&mut head, 0).is_err() {
+        return false; // Store::open reports the error
     }
-    !frame_at(file, store::HEADER_LEN as u64, store_len).is_ok_and(|first| first.offset == base)
+    // A whole header, even one naming another base, was written on purpose: not a tear.
+    let claimed = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
+    let whole = header::validate(&head, FileKind::Store, claimed).is_ok();
+    !whole && frame_at(file, store::HEADER_LEN as u64, store_len).is_err()
 }
 
 /// Decodes the header of the frame at `position`, verifying the whole frame.
