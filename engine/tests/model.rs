@@ -14,7 +14,8 @@ fn op(sync_faults: bool) -> impl Strategy<Value = Op> {
     let fault = (any::<bool>(), 0u64..4, prop_oneof![Just(libc::EIO), Just(libc::ENOSPC)])
         .prop_map(move |(sync, after, errno)| Op::Fault { sync: sync && sync_faults, after, errno });
     let crash = (crash_point(), crash_kind(), any::<u64>()).prop_map(move |(after, kind, seed)| {
-        let after = if !sync_faults && matches!(after, CrashPoint::FailedSync) { CrashPoint::Now } else { after };
+        let after =
+            if !sync_faults && matches!(after, CrashPoint::FailedSync) { CrashPoint::Now } else { after };
         Op::Crash { after, kind, seed }
     });
     prop_oneof![

@@ -456,12 +456,8 @@ impl SimDisk {
             };
             live.insert(path.clone(), node);
         }
-        let crashed = State {
-            durable: live.clone(),
-            live,
-            deferred_writes: state.deferred_writes,
-            ..State::default()
-        };
+        let crashed =
+            State { durable: live.clone(), live, deferred_writes: state.deferred_writes, ..State::default() };
         SimDisk { state: Arc::new(Mutex::new(crashed)), gate: Arc::default() }
     }
 
@@ -575,11 +571,8 @@ impl Disk for SimDisk {
     }
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut state = lock(&self.state);
-        let missing: Vec<PathBuf> = dir
-            .ancestors()
-            .take_while(|dir| !is_dir(&state.live, dir))
-            .map(Path::to_path_buf)
-            .collect();
+        let missing: Vec<PathBuf> =
+            dir.ancestors().take_while(|dir| !is_dir(&state.live, dir)).map(Path::to_path_buf).collect();
         for dir in missing.into_iter().rev() {
             if state.live.contains_key(&dir) {
                 return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a file is in the way"));
@@ -627,14 +620,19 @@ impl Disk for SimDisk {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = lock(&self.state);
         if parent(from) != parent(to) {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "the simulated disk renames within a directory"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the simulated disk renames within a directory",
+            ));
         }
         match (state.live.get(from), state.live.get(to)) {
             (Some(Node::File(_)), None | Some(Node::File(_))) => {
                 state.change(DirOp::Rename(from.to_path_buf(), to.to_path_buf()));
                 Ok(())
             }
-            (Some(_), _) => Err(io::Error::new(io::ErrorKind::Unsupported, "the simulated disk renames files only")),
+            (Some(_), _) => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, "the simulated disk renames files only"))
+            }
             (None, _) => Err(not_found("file", from)),
         }
     }

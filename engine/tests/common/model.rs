@@ -191,7 +191,10 @@ impl Runner {
         self.disk = image;
         self.log = open(&self.disk, self.durability);
         let next = self.log.next_offset();
-        assert!(next >= durable, "lost durable records: next {next} < durable {durable} ({after:?}, {kind:?})");
+        assert!(
+            next >= durable,
+            "lost durable records: next {next} < durable {durable} ({after:?}, {kind:?})"
+        );
         self.model.settle(next);
         check_all(&self.log, &self.model);
     }
