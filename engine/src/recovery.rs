@@ -212,7 +212,7 @@ fn recover_segment(
         store_file.drop_clean_pages();
     }
     let store_len = store_file.len().context(|| format!("opening {}", store_path.display()))?;
-    if is_last && header_is_torn(store_file.as_ref(), base, store_len) {
+    if is_last && header_is_torn(store_file.as_ref(), store_len) {
         // Torn while the segment was being created: nothing was ever acknowledged in it.
         warn!(file = %store_path.display(), "recreating a segment whose header was torn");
         report.truncated.push((store_path.clone(), 0, "torn file header".into()));
@@ -284,7 +284,7 @@ fn recover_segment(
 /// header, or the header is broken and no valid frame follows it (the page holding both
 /// was lost or torn before any sync covered it). A broken header before a valid frame is
 /// corruption, and a whole header naming another base a misplaced file: not tears.
-fn header_is_torn(file: &dyn DiskFile, base: u64, store_len: u64) -> bool {
+fn header_is_torn(file: &dyn DiskFile, store_len: u64) -> bool {
     let mut head = [0u8; store::HEADER_LEN];
     if store_len < store::HEADER_LEN as u64 {
         return true;
