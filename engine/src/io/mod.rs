@@ -22,6 +22,8 @@ pub use sim::{SimDisk, SimFault};
 pub(crate) trait Disk: Send + Sync + fmt::Debug {
     /// Short name of the backend, for logs and metrics.
     fn name(&self) -> &'static str;
+    /// Creates `dir` and any missing parent; each new directory is durable only once its
+    /// parent is synced.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Names of the files in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
