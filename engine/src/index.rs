@@ -19,7 +19,9 @@
 //! mmap contract: the index file is private to the log. Another process truncating it
 //! while it is mapped would make access fault (SIGBUS); the log never truncates below
 //! `len`, and only after the segment stops growing. The simulated disk, which has no file
-//! to map, keeps entries on the heap and writes them to the file on flush.
+//! to map, keeps entries on the heap and stores each one into the file's page cache as it
+//! is written ([`DiskFile::store_mapped`]), as the map would: its crash images of an index
+//! mix old, new and torn pages just as a real one's can.
 
 use std::{
     path::{Path, PathBuf},
@@ -197,7 +199,15 @@ impl Index {
     pub(crate) fn push_unpublished(&self, pending: u32, position: u32) {
         let relative = self.len() + pending;
         assert!(relative < self.capacity, "index entry {relative} past capacity {}", self.capacity);
-        self.entries()[relative as usize].store(pack(relative, position), Ordering::Relaxed);
+        self.store(relative, pack(relative, position));
+    }
+
+    /// Writes entry `i`: through the map, or to the heap and the file's page cache.
+    fn store(&self, i: u32, entry: u64) {
+        self.entries()[i as usize].store(entry, Ordering::Relaxed);
+        if let Memory::Heap(_) = self.memory {
+            self.file.store_mapped(&entry.to_ne_bytes(), header::LEN as u64 + u64::from(i) * ENTRY_LEN);
+        }
     }
 
     /// Forgets every entry from `len` on (suffix truncation; the appender only). The entries
@@ -245,7 +255,7 @@ impl Index {
         for (i, entry) in self.entries().iter().enumerate() {
             let value = positions.get(i).map_or(0, |&position| pack(i as u32, position));
             if entry.load(Ordering::Relaxed) != value {
-                entry.store(value, Ordering::Relaxed);
+                self.store(i as u32, value);
             }
         }
         self.len.store(positions.len() as u32, Ordering::Release);
@@ -256,13 +266,8 @@ impl Index {
         let what = || format!("flushing index {}", self.path.display());
         match &self.memory {
             Memory::Mapped(map) => map.flush().context(what),
-            Memory::Heap(entries) => {
-                let bytes: Vec<u8> =
-                    entries.iter().flat_map(|e| e.load(Ordering::Relaxed).to_ne_bytes()).collect();
-                let (_, written) = self.file.write_all_at(bytes, header::LEN as u64);
-                written.context(what)?;
-                self.file.sync_data().context(what)
-            }
+            // The entries are in the page cache already (see `store`).
+            Memory::Heap(_) => self.file.sync_data().context(what),
         }
     }
 
@@ -290,9 +295,11 @@ mod tests {
     fn disks() -> Vec<(Box<dyn Disk>, PathBuf, Option<tempfile::TempDir>)> {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("00000000000000000000.index");
+        let sim = SimDisk::new();
+        sim.create_dir_all(Path::new("/sim")).unwrap();
         vec![
             (Box::new(PwriteDisk), real, Some(dir)),
-            (Box::new(SimDisk::new()), PathBuf::from("/sim/00000000000000000000.index"), None),
+            (Box::new(sim), PathBuf::from("/sim/00000000000000000000.index"), None),
         ]
     }
 

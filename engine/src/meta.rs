@@ -226,6 +226,7 @@ mod tests {
     fn store_replaces_the_file_and_load_reads_it_back() {
         let disk = crate::io::SimDisk::new();
         let dir = Path::new("/meta-test");
+        crate::io::Disk::create_dir_all(&disk, dir).unwrap();
         assert_eq!(MetaFile::load(&disk, dir).unwrap(), None);
         MetaFile::default().store(&disk, dir).unwrap();
         sample().store(&disk, dir).unwrap();

@@ -34,6 +34,7 @@ use crate::{
     config::{Config, OFFSET_LIMIT, OnCorruption},
     entry::EntryKind,
     error::{Error, IoContext, Result},
+    header::{self, FileKind},
     index::{self, Index},
     io::{Disk, DiskFile, LOCK_FILE},
     meta::{self, MetaFile},
@@ -68,18 +69,6 @@ pub(crate) struct Recovered {
     pub(crate) first_index: u64,
     /// The term of the last entry (what records appended next are written with).
     pub(crate) last_term: u64,
-}
-
-/// Creates the data directory if needed, durably: a new directory's entry in its parent
-/// is synced too, or a power loss could take the directory and every segment with it.
-pub(crate) fn create_dir(disk: &dyn Disk, dir: &Path) -> Result<()> {
-    let created =
-        disk.create_dir_all(dir).context(|| format!("creating data directory {}", dir.display()))?;
-    if created {
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        disk.sync_dir(parent).context(|| format!("syncing directory {}", parent.display()))?;
-    }
-    Ok(())
 }
 
 /// What recovering one segment found besides the segment.
@@ -198,6 +187,20 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config) -> Result<Re
     Ok(Recovered { segments, report, meta, offsets, first_index, last_term })
 }
 
+/// Creates the data directory and any missing directory above it, syncing the parent of
+/// each one created: until then a crash may take the directory away with every segment in it.
+pub(crate) fn create_dir_durably(disk: &dyn Disk, dir: &Path) -> Result<()> {
+    let is_missing = |d: &Path| disk.list(d).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+    let missing: Vec<&Path> =
+        dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && is_missing(d)).collect();
+    disk.create_dir_all(dir).context(|| format!("creating data directory {}", dir.display()))?;
+    for created in missing.into_iter().rev() {
+        let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        disk.sync_dir(parent).context(|| format!("syncing directory {}", parent.display()))?;
+    }
+    Ok(())
+}
+
 /// Base offsets of the segments in `dir`, in order.
 fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<u64>> {
     let names = disk.list(dir).context(|| format!("listing data directory {}", dir.display()))?;
@@ -265,8 +268,15 @@ fn recover_segment(
         return Err(Error::corrupt(&store_path, 0, reason));
     }
     let store_file = disk.open(&store_path, false).context(|| format!("opening {}", store_path.display()))?;
+    if is_last {
+        // Pages whose writeback failed in an earlier run stay cached and clean: a sync would
+        // not write them, yet reads would see them. Write what is dirty, drop what is clean,
+        // and recover from what is really on the disk.
+        store_file.sync_data().context(|| format!("syncing {}", store_path.display()))?;
+        store_file.drop_clean_pages();
+    }
     let store_len = store_file.len().context(|| format!("opening {}", store_path.display()))?;
-    if is_last && store_len < store::HEADER_LEN as u64 {
+    if is_last && header_is_torn(store_file.as_ref(), store_len) {
         // Torn while the segment was being created: nothing was ever acknowledged in it.
         warn!(file = %store_path.display(), "recreating a segment whose header was torn");
         report.truncated.push((store_path.clone(), 0, "torn file header".into()));
@@ -338,6 +348,28 @@ fn recover_segment(
         index.trim()?;
     }
     Ok((Segment::new(base, store, index), SegmentFound { cut, last_term, gaps }))
+}
+
+/// Whether a store's header never reached the disk whole: the file is shorter than a
+/// header, or the header is broken and no valid frame follows it (the page holding both
+/// was lost or torn before any sync covered it). A broken header before a valid frame is
+/// corruption, and a whole header naming another base a misplaced file: not tears.
+fn header_is_torn(file: &dyn DiskFile, store_len: u64) -> bool {
+    let mut head = [0u8; store::HEADER_LEN];
+    if store_len < store::HEADER_LEN as u64 {
+        return true;
+    }
+    if file.read_exact_at(&mut head, 0).is_err() {
+        return false; // Store::open reports the error
+    }
+    // A whole header, even one naming another base, was written on purpose: not a tear.
+    let claimed = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
+    let whole = header::validate(&head, FileKind::Store, claimed).is_ok();
+    // The header gives no version here: a valid frame of either format means it was not.
+    !whole
+        && [Format::V1, Format::V2]
+            .iter()
+            .all(|&format| frame_at(file, store::HEADER_LEN as u64, store_len, format).is_err())
 }
 
 /// Decodes the header of the frame at `position`, verifying the whole frame.

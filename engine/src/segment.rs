@@ -69,6 +69,8 @@ impl Segment {
         if created.is_err() {
             let _ = disk.remove(&store_path);
             let _ = disk.remove(&index_path);
+            // Unsynced, the removal could be undone by a crash that kept the creation.
+            let _ = disk.sync_dir(dir);
         }
         created
     }

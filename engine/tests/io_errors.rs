@@ -99,3 +99,46 @@ fn failure_while_rolling_fails_the_unwritten_requests_only() {
         assert_eq!(log.read(i).unwrap().value, big);
     }
 }
+
+#[test]
+fn a_reopen_after_a_failed_sync_does_not_call_the_dropped_pages_durable() {
+    // Linux keeps the pages a failed writeback could not write cached and clean: the next
+    // open (same boot, no crash) reads them, and its own sync has nothing to write.
+    let disk = SimDisk::new();
+    let log = open(&disk, Durability::Always);
+    log.append(v(0)).unwrap();
+    disk.inject(SimFault::Sync { after: 0, errno: libc::EIO });
+    assert!(log.append(v(1)).is_err());
+    drop(log);
+
+    let log = open(&disk, Durability::Always);
+    let durable = log.durable_offset();
+    let image = disk.crash();
+    drop(log);
+    let log = open(&image, Durability::Always);
+    assert!(
+        log.next_offset() >= durable,
+        "reopened durable at {durable}, a crash then left {}",
+        log.next_offset()
+    );
+    assert_eq!(log.read(0).unwrap().value, v(0));
+}
+
+#[test]
+fn an_active_segment_whose_header_page_never_reached_the_disk_is_recreated() {
+    // A crash kept the new segment's size but not its first page: zeros where the header was.
+    let disk = SimDisk::new();
+    let log = open(&disk, Durability::Always);
+    let big = Bytes::from(vec![7u8; 1000]);
+    for _ in 0..4 {
+        log.append(big.clone()).unwrap();
+    }
+    assert_eq!(log.segment_count(), 2);
+    log.close().unwrap();
+    disk.write_file(&Path::new("/faults").join(format!("{:020}.store", 3)), vec![0; 32 + 1024]);
+
+    let log = open(&disk, Durability::Always);
+    assert_eq!(log.next_offset(), 3, "nothing in the torn segment was ever synced");
+    assert_eq!(log.append(v(3)).unwrap(), 3);
+    assert_eq!(log.read(2).unwrap().value, big);
+}

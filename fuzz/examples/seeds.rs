@@ -62,11 +62,27 @@ fn main() {
         }
     }
 
-    // log_model: byte strings decode to op sequences whatever they hold.
-    for (i, seed) in
-        [&b"\x00appends-and-reads-and-crashes"[..], &[1; 64], &[2, 0, 14, 1, 0, 5, 11, 3, 16, 0, 1][..]]
-            .iter()
-            .enumerate()
+    // log_model: byte strings decode to op sequences whatever they hold. The last one, with
+    // `Always`: appends, a crash right after a roll, a crash right after a failed sync and
+    // one right after dropping segments, each a seeded (any-mix) image, then a reopen.
+    let crash_points = [
+        1, 0, // Always, writes not deferred
+        0, 2, 60, 60, 60, // append 3 records of 60 bytes
+        14, 2, 3, 7, 7, 7, 7, 7, 7, 7, 7, // crash after a roll, any mix, seed
+        0, 1, 40, 40, // append 2 records
+        14, 4, 3, 9, 9, 9, 9, 9, 9, 9, 9, // crash after a failed sync
+        0, 0, 30, // append 1 record
+        14, 3, 3, 5, 5, 5, 5, 5, 5, 5, 5, // crash after dropping segments
+        11, // reopen
+    ];
+    for (i, seed) in [
+        &b"\x00appends-and-reads-and-crashes"[..],
+        &[1; 64],
+        &[2, 0, 14, 1, 0, 5, 11, 3, 16, 0, 1][..],
+        &crash_points[..],
+    ]
+    .iter()
+    .enumerate()
     {
         write("log_model", &format!("ops-{i}"), seed);
     }

@@ -22,15 +22,16 @@ pub use sim::{SimDisk, SimFault};
 pub(crate) trait Disk: Send + Sync + fmt::Debug {
     /// Short name of the backend, for logs and metrics.
     fn name(&self) -> &'static str;
-    /// Creates `dir` and its parents; says whether `dir` was created (its parent must then
-    /// be synced for the new entry to be durable).
-    fn create_dir_all(&self, dir: &Path) -> io::Result<bool>;
+    /// Creates `dir` and any missing parent; each new directory is durable only once its
+    /// parent is synced.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Names of the files in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Opens a file for reading and writing; creates it (empty) when `create` is set.
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>>;
     fn remove(&self, path: &Path) -> io::Result<()>;
-    /// Renames a file, replacing `to` if it exists (durable once the directory is synced).
+    /// Renames a file, replacing any file at `to` (atomically, as `rename(2)` does); durable
+    /// once the directory is synced.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes creations, removals and renames in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
@@ -62,6 +63,24 @@ pub(crate) trait DiskFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The real file, when there is one, so the index can be memory-mapped.
     fn std_file(&self) -> Option<&File>;
+    /// Drops the file's clean pages from the page cache (best effort), so that later reads
+    /// show what is on the disk. After a failed writeback Linux keeps the pages it could not
+    /// write cached and clean: reads see data that is not on the disk, and a later
+    /// `fdatasync` succeeds without writing it.
+    fn drop_clean_pages(&self) {
+        use std::os::fd::AsRawFd;
+        if let Some(file) = self.std_file() {
+            // SAFETY: posix_fadvise reads no memory of ours: it takes a descriptor, which
+            // stays open while `file` is borrowed, and three integers. It is only advice.
+            let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
+    }
+    /// Stores `bytes` at `pos` the way a store through a shared memory map does: into the
+    /// page cache, with no system call that could fail. Only files without a
+    /// [`std_file`](DiskFile::std_file) (the simulated disk's) are ever written this way.
+    fn store_mapped(&self, bytes: &[u8], pos: u64) {
+        unreachable!("store_mapped of {} bytes at {pos} on a file that is mapped", bytes.len())
+    }
 }
 
 /// A write handed to a backend: complete already, or in the kernel's hands.
@@ -92,12 +111,6 @@ impl PendingWrite {
 /// Opens a real file for reading and writing.
 fn open_std(path: &Path, create: bool) -> io::Result<File> {
     std::fs::OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)
-}
-
-fn create_dir_all_std(dir: &Path) -> io::Result<bool> {
-    let existed = dir.is_dir();
-    std::fs::create_dir_all(dir)?;
-    Ok(!existed)
 }
 
 fn list_std(dir: &Path) -> io::Result<Vec<String>> {

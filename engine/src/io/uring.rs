@@ -73,8 +73,8 @@ impl Disk for UringDisk {
     fn name(&self) -> &'static str {
         "io_uring"
     }
-    fn create_dir_all(&self, dir: &Path) -> io::Result<bool> {
-        super::create_dir_all_std(dir)
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         super::list_std(dir)

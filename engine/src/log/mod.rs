@@ -124,7 +124,7 @@ impl Log {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let disk = choose_disk(&config.backend)?;
-        recovery::create_dir(disk.as_ref(), &dir)?;
+        recovery::create_dir_durably(disk.as_ref(), &dir)?;
         let dir_lock = disk.lock_dir(&dir).map_err(|error| match error.kind() {
             io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone(), holder: error.to_string() },
             _ => Error::io(format!("locking data directory {}", dir.display()), error),
