@@ -25,174 +25,36 @@
 //! later appends succeed once there is space. A panic on the appender or syncer thread
 //! poisons the log with the panic's message, and every waiter fails.
 
+mod completion;
+mod control;
+mod syncer;
+
+use completion::{Ack, Written};
+pub(crate) use completion::{Done, DurableCallback, Message, OffsetSender, Payload, Request};
+use syncer::{SyncJob, run_syncer, spawn_guarded, sync_file};
+
 use std::{
-    panic::{AssertUnwindSafe, catch_unwind},
-    path::Path,
     sync::{
         Arc,
         atomic::Ordering,
-        mpsc::{self, Receiver, RecvTimeoutError},
+        mpsc::{self, Receiver},
     },
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use bytes::Bytes;
-use tracing::{error, warn};
+use tracing::warn;
 
 use crate::{
     config::{Durability, OFFSET_LIMIT},
     entry::{Entry, EntryId, EntryKind},
-    error::{Error, IoContext, Result},
+    error::{Error, Result},
     index,
-    io::{DiskFile, PendingWrite},
+    io::PendingWrite,
     log::Shared,
     record,
     segment::Segment,
 };
-
-/// What a request appends: records (placed at the next indexes as data entries of the
-/// current term) or entries whose index and term the caller chose (Raft).
-pub(crate) enum Payload {
-    Records(Vec<Bytes>),
-    Entries(Vec<Entry>),
-}
-
-impl Payload {
-    fn len(&self) -> usize {
-        match self {
-            Payload::Records(values) => values.len(),
-            Payload::Entries(entries) => entries.len(),
-        }
-    }
-}
-
-/// Called once an append is durable (or failed); see [`Done::Entries`].
-pub(crate) type OnDurable = Box<dyn FnOnce(Result<()>) + Send>;
-
-/// How a request is completed.
-pub(crate) enum Done {
-    /// With the first record's offset, once the durability setting is met.
-    Offset(OffsetSender),
-    /// Raft appends: `published` when the entries are readable, `on_durable` once the
-    /// durability setting is met.
-    Entries { published: oneshot::Sender<Result<()>>, on_durable: DurableCallback },
-}
-
-/// A ticket's sender that always answers: if the appender drops it unanswered (its
-/// thread panicked), the ticket learns that the log is poisoned.
-pub(crate) struct OffsetSender(Option<oneshot::Sender<Result<u64>>>);
-
-impl OffsetSender {
-    pub(crate) fn new(sender: oneshot::Sender<Result<u64>>) -> Self {
-        OffsetSender(Some(sender))
-    }
-
-    fn send(mut self, result: Result<u64>) {
-        if let Some(sender) = self.0.take() {
-            let _ = sender.send(result);
-        }
-    }
-}
-
-impl Drop for OffsetSender {
-    fn drop(&mut self) {
-        if let Some(sender) = self.0.take() {
-            let _ = sender.send(Err(Error::Poisoned(STOPPED.into())));
-        }
-    }
-}
-
-const STOPPED: &str = "the appender stopped without completing this append (see the log's poison reason)";
-
-/// An `on_durable` that is always called: if the appender drops it unanswered (its thread
-/// panicked), it reports that the log is poisoned.
-pub(crate) struct DurableCallback(Option<OnDurable>);
-
-impl DurableCallback {
-    pub(crate) fn new(callback: OnDurable) -> Self {
-        DurableCallback(Some(callback))
-    }
-
-    fn call(mut self, result: Result<()>) {
-        if let Some(callback) = self.0.take() {
-            callback(result);
-        }
-    }
-}
-
-impl Drop for DurableCallback {
-    fn drop(&mut self) {
-        if let Some(callback) = self.0.take() {
-            callback(Err(Error::Poisoned(STOPPED.into())));
-        }
-    }
-}
-
-/// One caller's records or entries and how to complete them.
-pub(crate) struct Request {
-    pub(crate) payload: Payload,
-    /// Bytes the frames take, computed once by `Log::submit`.
-    pub(crate) frame_bytes: u64,
-    pub(crate) done: Done,
-}
-
-pub(crate) enum Message {
-    Append(Request),
-    /// Make everything appended before this message durable.
-    Sync(oneshot::Sender<Result<()>>),
-    /// Remove every entry after the index (`None`: every entry); see `Log::truncate_after`.
-    TruncateAfter(Option<u64>, oneshot::Sender<Result<()>>),
-    /// Purge every entry up to the id; see `Log::purge`.
-    Purge(EntryId, oneshot::Sender<Result<()>>),
-    /// Finish queued work, sync, trim the index, then reply and stop.
-    Close(oneshot::Sender<Result<()>>),
-}
-
-/// The acknowledgement a written request is still owed.
-enum Ack {
-    Offset(OffsetSender, u64),
-    Durable(DurableCallback),
-}
-
-impl Ack {
-    fn complete(self, result: Result<()>) {
-        match self {
-            Ack::Offset(done, first) => done.send(result.map(|()| first)),
-            Ack::Durable(callback) => callback.call(result),
-        }
-    }
-}
-
-/// A written request waiting to be published.
-struct Written {
-    done: Done,
-    /// The offset of its first record.
-    first: u64,
-}
-
-impl Written {
-    /// The request's entries are readable: the Raft caller learns it now.
-    fn published(self) -> Ack {
-        match self.done {
-            Done::Offset(done) => Ack::Offset(done, self.first),
-            Done::Entries { published, on_durable } => {
-                let _ = published.send(Ok(()));
-                Ack::Durable(on_durable)
-            }
-        }
-    }
-
-    fn fail(self, error: Error) {
-        match self.done {
-            Done::Offset(done) => done.send(Err(error)),
-            Done::Entries { published, on_durable } => {
-                let _ = published.send(Err(error.duplicate()));
-                on_durable.call(Err(error));
-            }
-        }
-    }
-}
 
 /// A group commit handed to the backend and not yet published: with io_uring the
 /// appender encodes the next group while the kernel writes this one.
@@ -280,63 +142,6 @@ pub(crate) fn now_ms() -> u64 {
 
 fn is_disk_full(error: &std::io::Error) -> bool {
     error.raw_os_error() == Some(libc::ENOSPC) || error.kind() == std::io::ErrorKind::StorageFull
-}
-
-/// The message of a caught panic.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
-        (Some(message), _) => (*message).to_string(),
-        (_, Some(message)) => message.clone(),
-        _ => "a panic without a message".into(),
-    }
-}
-
-/// Runs `body` on a named thread; a panic poisons the log with its message, so every
-/// later call fails with the reason (waiters it dropped fail through their own `Drop`).
-fn spawn_guarded(
-    name: &str,
-    shared: &Arc<Shared>,
-    body: impl FnOnce() + Send + 'static,
-) -> std::io::Result<thread::JoinHandle<()>> {
-    let shared = Arc::clone(shared);
-    let thread_name = name.to_string();
-    thread::Builder::new().name(name.into()).spawn(move || {
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(body)) {
-            let reason = format!("the {thread_name} thread panicked: {}", panic_message(panic.as_ref()));
-            error!(%reason, "poisoning the log");
-            shared.set_poison_reason(&reason);
-        }
-    })
-}
-
-/// The one way the log runs `fdatasync`: serialized, the poison checked under the lock, so
-/// a sync never succeeds after another one failed (Linux reports a writeback error to one
-/// caller per file and drops the pages; a later sync would succeed without them). On
-/// success every index below `upto` (at most the published next index) is durable.
-pub(crate) fn sync_file(shared: &Shared, file: &dyn DiskFile, path: &Path, upto: u64) -> Result<()> {
-    let _one_at_a_time = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
-    if shared.poison.get().is_some() {
-        return Err(shared.poison_error());
-    }
-    let started = Instant::now();
-    match file.sync_data() {
-        Ok(()) => {
-            shared.stats.record_sync(started.elapsed());
-            let published = shared.next_index.load(Ordering::Acquire);
-            shared.durable_index.fetch_max(upto.min(published), Ordering::AcqRel);
-            // Readers of a log with `Durability::Always` wait for this, not for the append.
-            shared.appended.notify(usize::MAX);
-            Ok(())
-        }
-        Err(source) => {
-            // Never retried: the kernel may have dropped the dirty pages, so a later
-            // success would prove nothing.
-            let error = Error::io(format!("fdatasync of {} failed", path.display()), source);
-            error!(%error, "poisoning the log");
-            shared.set_poison(&error);
-            Err(error)
-        }
-    }
 }
 
 impl Appender {
@@ -726,139 +531,6 @@ impl Appender {
         }
     }
 
-    /// Waits until the syncer has finished every job sent so far.
-    fn drain_syncer(&self) {
-        if let Some((jobs, _)) = &self.syncer {
-            let (drained, done) = oneshot::channel();
-            if jobs.send(SyncJob::Drained(drained)).is_ok() {
-                let _ = done.recv();
-            }
-        }
-    }
-
-    /// Makes every published entry durable (`Log::sync`, `Log::save_vote`).
-    fn sync_now(&mut self) -> Result<()> {
-        self.finish_in_flight()?;
-        self.drain_syncer();
-        let segment = self.shared.active();
-        sync_file(&self.shared, segment.store.file().as_ref(), segment.store.path(), self.next)
-    }
-
-    /// Removes every entry after `after` (`None`: every entry the log holds); see the
-    /// suffix truncation section of `docs/format.md` for the order of the steps.
-    fn truncate_after(&mut self, after: Option<u64>) -> Result<()> {
-        self.finish_in_flight()?;
-        self.drain_syncer();
-        if self.shared.poison.get().is_some() {
-            return Err(self.shared.poison_error());
-        }
-        let first = self.shared.first_index.load(Ordering::Acquire);
-        let keep_to = after.map_or(first, |index| index.saturating_add(1).max(first));
-        if keep_to >= self.next {
-            return Ok(());
-        }
-        let shared = Arc::clone(&self.shared);
-        let (disk, dir) = (shared.disk.as_ref(), shared.dir.as_path());
-        let sync_dir = || disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()));
-        let result = (|| {
-            // Whole segments from `keep_to` on, newest first, each unlink durable before the
-            // next so that a crash leaves a prefix of the log, never a hole.
-            let was_active = shared.active();
-            loop {
-                let removed = {
-                    let mut segments = shared.segments.write().unwrap_or_else(|p| p.into_inner());
-                    let last = segments.last().expect("a log always has a segment");
-                    if segments.len() == 1 || last.base() < keep_to {
-                        break;
-                    }
-                    shared.truncations.fetch_add(1, Ordering::AcqRel);
-                    segments.pop().expect("checked above")
-                };
-                removed.remove(disk)?;
-                sync_dir()?;
-            }
-            let segment = shared.active();
-            let relative = u32::try_from(keep_to.saturating_sub(segment.base())).expect("within the segment");
-            let cut_at = segment.frame_start(keep_to.max(segment.base()));
-            {
-                let _no_sync = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
-                shared.truncations.fetch_add(1, Ordering::AcqRel);
-                segment.index.cut(relative);
-                shared.next_index.store(keep_to, Ordering::Release);
-                let durable = shared.durable_index.load(Ordering::Acquire);
-                shared.durable_index.store(durable.min(keep_to), Ordering::Release);
-                segment.store.truncate(cut_at)?;
-            }
-            if !Arc::ptr_eq(&segment, &was_active) {
-                // A sealed segment keeps its trimmed index: a new active segment follows it
-                // (and replaces it when nothing of it is left).
-                if relative == 0 {
-                    shared.segments.write().unwrap_or_else(|p| p.into_inner()).pop();
-                    segment.remove(disk)?;
-                    sync_dir()?;
-                }
-                let capacity = index::capacity(shared.config.index_bytes_max);
-                let active = Arc::new(Segment::create(disk, dir, keep_to, capacity)?);
-                shared.segments.write().unwrap_or_else(|p| p.into_inner()).push(active);
-            }
-            Ok(())
-        })();
-        self.next = keep_to;
-        self.shared.offsets.write().unwrap_or_else(|p| p.into_inner()).truncate_from(keep_to);
-        self.last_term = self.shared.last_term_before(keep_to);
-        self.shared.appended.notify(usize::MAX);
-        match result {
-            Ok(()) => self.shared.write_meta(|_| {}),
-            Err(error) => Err(self.poison(error)),
-        }
-    }
-
-    /// Purges every entry up to `upto`: durably recorded first, then whole segments below
-    /// it are deleted. A purge past the last entry empties the log, which goes on at
-    /// `upto.index + 1`.
-    fn purge(&mut self, upto: EntryId) -> Result<()> {
-        self.finish_in_flight()?;
-        let new_first = upto.index.saturating_add(1);
-        let first = self.shared.first_index.load(Ordering::Acquire);
-        if new_first <= first {
-            return Ok(());
-        }
-        self.shared.offsets.write().unwrap_or_else(|p| p.into_inner()).forget_below(new_first.min(self.next));
-        self.shared.write_meta(|file| file.meta.purged = Some(upto))?;
-        if new_first < self.next {
-            self.shared.first_index.store(new_first, Ordering::Release);
-            return self.shared.drop_front(|segment| segment.next_index() <= new_first).map(|_| ());
-        }
-        // Past the end: every segment goes, and an empty one starts at `new_first`.
-        self.drain_syncer();
-        let shared = Arc::clone(&self.shared);
-        let (disk, dir) = (shared.disk.as_ref(), shared.dir.as_path());
-        let capacity = index::capacity(shared.config.index_bytes_max);
-        let result = (|| {
-            let old: Vec<Arc<Segment>> = {
-                let _no_sync = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
-                let mut segments = shared.segments.write().unwrap_or_else(|p| p.into_inner());
-                shared.truncations.fetch_add(1, Ordering::AcqRel);
-                let old = std::mem::take(&mut *segments);
-                for segment in old.iter().rev() {
-                    segment.remove(disk)?;
-                }
-                disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
-                segments.push(Arc::new(Segment::create(disk, dir, new_first, capacity)?));
-                shared.first_index.store(new_first, Ordering::Release);
-                shared.next_index.store(new_first, Ordering::Release);
-                shared.durable_index.store(new_first, Ordering::Release);
-                old
-            };
-            drop(old);
-            Ok(())
-        })();
-        self.next = new_first;
-        self.last_term = upto.term;
-        self.shared.appended.notify(usize::MAX);
-        result.map_err(|error| self.poison(error))
-    }
-
     /// The error each caller affected by `error` gets: a full disk as it is, anything else
     /// as the poison it caused.
     fn failure(&self, error: &Error) -> Error {
@@ -891,90 +563,5 @@ impl Appender {
             self.shared.write_meta(|_| {})?;
         }
         Ok(())
-    }
-}
-
-/// Work for the syncer thread.
-enum SyncJob {
-    /// Sync `file` so that indexes below `upto` are durable, then complete `waiters`.
-    Sync { file: Arc<dyn DiskFile>, path: Arc<Path>, upto: u64, waiters: Vec<Ack> },
-    /// Answered once every job sent before it is done.
-    Drained(oneshot::Sender<()>),
-}
-
-/// The syncer thread: makes written entries durable while the appender keeps writing.
-fn run_syncer(shared: &Shared, jobs: &Receiver<SyncJob>, durability: Durability) {
-    let interval = match durability {
-        Durability::Interval { interval_ms, .. } => Some(Duration::from_millis(interval_ms)),
-        _ => None,
-    };
-    loop {
-        let first = match interval {
-            Some(interval) => match jobs.recv_timeout(interval) {
-                Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            },
-            None => match jobs.recv() {
-                Ok(job) => Some(job),
-                Err(_) => return,
-            },
-        };
-        let mut batch: Vec<SyncJob> = first.into_iter().collect();
-        batch.extend(jobs.try_iter());
-        if batch.is_empty() {
-            // The interval passed: sync the active segment if anything is unsynced. The
-            // next index is read before the segment, so the segment holds every entry
-            // below it that an earlier roll did not already sync.
-            let next = shared.next_index.load(Ordering::Acquire);
-            if shared.durable_index.load(Ordering::Acquire) >= next || shared.poison.get().is_some() {
-                continue;
-            }
-            let segment = shared.active();
-            let path = segment.store.path().into();
-            batch.push(SyncJob::Sync {
-                file: Arc::clone(segment.store.file()),
-                path,
-                upto: next,
-                waiters: Vec::new(),
-            });
-        }
-        sync_batch(shared, batch);
-    }
-}
-
-/// Syncs each file of the batch once (the highest `upto` of its jobs) and completes the
-/// waiters: with success only if every sync succeeded.
-fn sync_batch(shared: &Shared, batch: Vec<SyncJob>) {
-    let mut files: Vec<(Arc<dyn DiskFile>, Arc<Path>, u64)> = Vec::new();
-    let mut waiters = Vec::new();
-    let mut drained = Vec::new();
-    for job in batch {
-        match job {
-            SyncJob::Sync { file, path, upto, waiters: acks } => {
-                waiters.extend(acks);
-                match files.iter_mut().find(|(known, ..)| Arc::ptr_eq(known, &file)) {
-                    Some((_, _, known_upto)) => *known_upto = (*known_upto).max(upto),
-                    None => files.push((file, path, upto)),
-                }
-            }
-            SyncJob::Drained(reply) => drained.push(reply),
-        }
-    }
-    let mut result = Ok(());
-    for (file, path, upto) in &files {
-        result = sync_file(shared, file.as_ref(), path, *upto);
-        if result.is_err() {
-            break;
-        }
-    }
-    for ack in waiters {
-        ack.complete(match &result {
-            Ok(()) => Ok(()),
-            Err(_) => Err(shared.poison_error()),
-        });
-    }
-    for reply in drained {
-        let _ = reply.send(());
     }
 }

@@ -1,0 +1,151 @@
+//! What the appender does between groups: explicit syncs, suffix truncation and purge.
+//! Nothing is in flight while they change the files (see `docs/format.md` for the order
+//! of their steps and why each is crash-safe).
+
+use std::sync::{Arc, atomic::Ordering};
+
+use super::{
+    Appender,
+    syncer::{SyncJob, sync_file},
+};
+use crate::{
+    entry::EntryId,
+    error::{IoContext, Result},
+    index,
+    segment::Segment,
+};
+
+impl Appender {
+    /// Waits until the syncer has finished every job sent so far.
+    pub(super) fn drain_syncer(&self) {
+        if let Some((jobs, _)) = &self.syncer {
+            let (drained, done) = oneshot::channel();
+            if jobs.send(SyncJob::Drained(drained)).is_ok() {
+                let _ = done.recv();
+            }
+        }
+    }
+
+    /// Makes every published entry durable (`Log::sync`, `Log::save_vote`).
+    pub(super) fn sync_now(&mut self) -> Result<()> {
+        self.finish_in_flight()?;
+        self.drain_syncer();
+        let segment = self.shared.active();
+        sync_file(&self.shared, segment.store.file().as_ref(), segment.store.path(), self.next)
+    }
+
+    /// Removes every entry after `after` (`None`: every entry the log holds); see the
+    /// suffix truncation section of `docs/format.md` for the order of the steps.
+    pub(super) fn truncate_after(&mut self, after: Option<u64>) -> Result<()> {
+        self.finish_in_flight()?;
+        self.drain_syncer();
+        if self.shared.poison.get().is_some() {
+            return Err(self.shared.poison_error());
+        }
+        let first = self.shared.first_index.load(Ordering::Acquire);
+        let keep_to = after.map_or(first, |index| index.saturating_add(1).max(first));
+        if keep_to >= self.next {
+            return Ok(());
+        }
+        let shared = Arc::clone(&self.shared);
+        let (disk, dir) = (shared.disk.as_ref(), shared.dir.as_path());
+        let sync_dir = || disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()));
+        let result = (|| {
+            // Whole segments from `keep_to` on, newest first, each unlink durable before the
+            // next so that a crash leaves a prefix of the log, never a hole.
+            let was_active = shared.active();
+            loop {
+                let removed = {
+                    let mut segments = shared.segments.write().unwrap_or_else(|p| p.into_inner());
+                    let last = segments.last().expect("a log always has a segment");
+                    if segments.len() == 1 || last.base() < keep_to {
+                        break;
+                    }
+                    shared.truncations.fetch_add(1, Ordering::AcqRel);
+                    segments.pop().expect("checked above")
+                };
+                removed.remove(disk)?;
+                sync_dir()?;
+            }
+            let segment = shared.active();
+            let relative = u32::try_from(keep_to.saturating_sub(segment.base())).expect("within the segment");
+            let cut_at = segment.frame_start(keep_to.max(segment.base()));
+            {
+                let _no_sync = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+                shared.truncations.fetch_add(1, Ordering::AcqRel);
+                segment.index.cut(relative);
+                shared.next_index.store(keep_to, Ordering::Release);
+                let durable = shared.durable_index.load(Ordering::Acquire);
+                shared.durable_index.store(durable.min(keep_to), Ordering::Release);
+                segment.store.truncate(cut_at)?;
+            }
+            if !Arc::ptr_eq(&segment, &was_active) {
+                // A sealed segment keeps its trimmed index: a new active segment follows it
+                // (and replaces it when nothing of it is left).
+                if relative == 0 {
+                    shared.segments.write().unwrap_or_else(|p| p.into_inner()).pop();
+                    segment.remove(disk)?;
+                    sync_dir()?;
+                }
+                let capacity = index::capacity(shared.config.index_bytes_max);
+                let active = Arc::new(Segment::create(disk, dir, keep_to, capacity)?);
+                shared.segments.write().unwrap_or_else(|p| p.into_inner()).push(active);
+            }
+            Ok(())
+        })();
+        self.next = keep_to;
+        self.shared.offsets.write().unwrap_or_else(|p| p.into_inner()).truncate_from(keep_to);
+        self.last_term = self.shared.last_term_before(keep_to);
+        self.shared.appended.notify(usize::MAX);
+        match result {
+            Ok(()) => self.shared.write_meta(|_| {}),
+            Err(error) => Err(self.poison(error)),
+        }
+    }
+
+    /// Purges every entry up to `upto`: durably recorded first, then whole segments below
+    /// it are deleted. A purge past the last entry empties the log, which goes on at
+    /// `upto.index + 1`.
+    pub(super) fn purge(&mut self, upto: EntryId) -> Result<()> {
+        self.finish_in_flight()?;
+        let new_first = upto.index.saturating_add(1);
+        let first = self.shared.first_index.load(Ordering::Acquire);
+        if new_first <= first {
+            return Ok(());
+        }
+        self.shared.offsets.write().unwrap_or_else(|p| p.into_inner()).forget_below(new_first.min(self.next));
+        self.shared.write_meta(|file| file.meta.purged = Some(upto))?;
+        if new_first < self.next {
+            self.shared.first_index.store(new_first, Ordering::Release);
+            return self.shared.drop_front(|segment| segment.next_index() <= new_first).map(|_| ());
+        }
+        // Past the end: every segment goes, and an empty one starts at `new_first`.
+        self.drain_syncer();
+        let shared = Arc::clone(&self.shared);
+        let (disk, dir) = (shared.disk.as_ref(), shared.dir.as_path());
+        let capacity = index::capacity(shared.config.index_bytes_max);
+        let result = (|| {
+            let old: Vec<Arc<Segment>> = {
+                let _no_sync = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let mut segments = shared.segments.write().unwrap_or_else(|p| p.into_inner());
+                shared.truncations.fetch_add(1, Ordering::AcqRel);
+                let old = std::mem::take(&mut *segments);
+                for segment in old.iter().rev() {
+                    segment.remove(disk)?;
+                }
+                disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
+                segments.push(Arc::new(Segment::create(disk, dir, new_first, capacity)?));
+                shared.first_index.store(new_first, Ordering::Release);
+                shared.next_index.store(new_first, Ordering::Release);
+                shared.durable_index.store(new_first, Ordering::Release);
+                old
+            };
+            drop(old);
+            Ok(())
+        })();
+        self.next = new_first;
+        self.last_term = upto.term;
+        self.shared.appended.notify(usize::MAX);
+        result.map_err(|error| self.poison(error))
+    }
+}

@@ -1,0 +1,50 @@
+//! Retention: dropping whole sealed segments from the front of the log, below an offset
+//! or by size and age. The active segment is never dropped.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::Log;
+use crate::{error::Result, segment::Segment};
+
+/// Retention limits for [`Log::apply_retention`]. The active segment is never dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Drop the oldest segments while the log's store bytes exceed this.
+    pub max_bytes: Option<u64>,
+    /// Drop segments whose newest record is older than this.
+    pub max_age: Option<Duration>,
+}
+
+impl Log {
+    /// Drops every sealed segment whose records all lie below `offset`; the active segment
+    /// is never dropped. Returns the number of segments dropped.
+    pub fn truncate_before(&self, offset: u64) -> Result<usize> {
+        let index = self.shared().offsets().index_of(offset);
+        self.shared().drop_front(|segment| segment.next_index() <= index)
+    }
+
+    /// Drops the oldest sealed segments that break a retention limit.
+    pub fn apply_retention(&self, retention: Retention) -> Result<usize> {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut total: u64 = self.shared().segments().iter().map(|s| s.size()).sum();
+        self.shared().drop_front(|segment| {
+            let over_size = retention.max_bytes.is_some_and(|max| total > max);
+            let too_old = retention.max_age.is_some_and(|age| {
+                newest_timestamp_ms(segment)
+                    .is_some_and(|ts| now_ms.saturating_sub(ts) > age.as_millis() as u64)
+            });
+            if over_size || too_old {
+                total -= segment.size();
+                true
+            } else {
+                false
+            }
+        })
+    }
+}
+
+/// Timestamp of a segment's last entry.
+fn newest_timestamp_ms(segment: &Segment) -> Option<u64> {
+    let last = segment.next_index().checked_sub(1).filter(|&i| i >= segment.base())?;
+    segment.read_entries(last, 1, 0).ok()?.first().map(|e| e.timestamp_ms)
+}
