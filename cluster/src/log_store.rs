@@ -152,6 +152,24 @@ fn read(log: &Log, start: u64, end: u64, limited: bool) -> io::Result<Vec<Entry>
     Ok(out)
 }
 
+/// The id of the last entry the log holds. `Log::last_entry_id` answers `None` when reading the
+/// entry fails, which here would report a shorter log than the disk holds; this reads it and
+/// returns the error instead.
+fn last_entry_id(log: &Log) -> io::Result<Option<EntryId>> {
+    // A few rounds for truncations or purges racing with the read; more is an engine bug.
+    for _ in 0..100 {
+        let next = log.next_index();
+        if next <= log.first_index() {
+            return Ok(None);
+        }
+        let entries = log.read_entries(next - 1, next, 0).map_err(io_error)?;
+        if let Some(last) = entries.last() {
+            return Ok(Some(last.id));
+        }
+    }
+    Err(io::Error::other("the engine keeps saying it holds a last entry that it does not return"))
+}
+
 fn read_vote(log: &Log) -> io::Result<Option<Vote>> {
     log.meta().vote.map(|b| codec::decode_vote(&b)).transpose()
 }
@@ -179,7 +197,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged_log_id = self.log.meta().purged.map(from_entry_id);
-        let last_log_id = self.log.last_entry_id().map(from_entry_id).or(last_purged_log_id);
+        let last_log_id = last_entry_id(&self.log)?.map(from_entry_id).or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -211,7 +229,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.io_completed(Ok(()));
             return Ok(());
         };
-        let pristine = self.log.meta().purged.is_none() && self.log.last_entry_id().is_none();
+        let pristine = self.log.meta().purged.is_none() && last_entry_id(&self.log)?.is_none();
         if pristine && first.index > self.log.next_index() {
             // A log that never held anything asked to start above its next index. openraft
             // never does this (a follower that installs a snapshot purges up to it first), but
