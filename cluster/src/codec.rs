@@ -1,0 +1,388 @@
+//! Byte layouts of what the cluster hands the engine as opaque bytes, and the mapping between
+//! openraft's entries and the engine's.
+//!
+//! Every integer is little-endian, as in the engine's own format. Each layout starts with a
+//! version byte so that it can change without guessing. Decoders validate everything and
+//! never panic: bad bytes are an [`io::ErrorKind::InvalidData`] error naming what was wrong.
+//!
+//! ```text
+//! vote (18 bytes)     version=1 u8 | term u64 | voted_for u64 | committed u8 (0 or 1)
+//! membership          version=1 u8 | configs u32 | per config: ids u32, id u64 * ids
+//!                                  | nodes u32   | per node: id u64, addr_len u32, addr (UTF-8)
+//! state machine       version=1 u8 | applied log id | membership log id
+//!                                  | membership_len u32 | membership | records u64
+//! log id option       present u8 (0 or 1) | if present: term u64, index u64
+//! ```
+//!
+//! An openraft entry maps to an engine entry of the same `(term, index)`:
+//!
+//! | openraft payload   | engine kind  | engine payload             | `timestamp_ms`          |
+//! |--------------------|--------------|----------------------------|-------------------------|
+//! | `Normal(Record)`   | `Data`       | the record's value         | the leader's timestamp  |
+//! | `Blank`            | `Blank`      | empty                      | 0                       |
+//! | `Membership(m)`    | `Membership` | `m` in the layout above    | 0                       |
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use openraft::EntryPayload;
+use openraft::entry::RaftEntry;
+use ringlog_engine::{EntryId, EntryKind};
+
+use crate::types::{Entry, LogId, Membership, NodeId, Peer, Record, StoredMembership, Vote, log_id};
+
+const VERSION: u8 = 1;
+const VOTE_BYTES: usize = 1 + 8 + 8 + 1;
+
+/// The engine's id of the entry openraft calls `id`.
+pub(crate) fn entry_id(id: &LogId) -> EntryId {
+    EntryId { term: id.leader_id.term, index: id.index }
+}
+
+/// openraft's id of the engine's entry `id`.
+pub(crate) fn from_entry_id(id: EntryId) -> LogId {
+    log_id(id.term, id.index)
+}
+
+/// An openraft entry as the engine stores it.
+pub(crate) fn to_engine(entry: Entry) -> ringlog_engine::Entry {
+    let id = entry_id(&entry.log_id);
+    let (kind, timestamp_ms, payload) = match entry.payload {
+        EntryPayload::Normal(record) => (EntryKind::Data, record.timestamp_ms, record.value),
+        EntryPayload::Blank => (EntryKind::Blank, 0, Bytes::new()),
+        EntryPayload::Membership(m) => (EntryKind::Membership, 0, encode_membership(&m)),
+    };
+    ringlog_engine::Entry { id, kind, timestamp_ms, payload }
+}
+
+/// The openraft entry the engine's `entry` stores.
+pub(crate) fn from_engine(entry: ringlog_engine::Entry) -> io::Result<Entry> {
+    let id = from_entry_id(entry.id);
+    Ok(match entry.kind {
+        EntryKind::Data => {
+            Entry::new_normal(id, Record { timestamp_ms: entry.timestamp_ms, value: entry.payload })
+        }
+        EntryKind::Blank => Entry::new_blank(id),
+        EntryKind::Membership => Entry::new_membership(id, decode_membership(&entry.payload)?),
+    })
+}
+
+/// The vote in its 18-byte layout.
+pub(crate) fn encode_vote(vote: &Vote) -> Bytes {
+    let mut b = BytesMut::with_capacity(VOTE_BYTES);
+    b.put_u8(VERSION);
+    b.put_u64_le(vote.leader_id().term);
+    b.put_u64_le(vote.leader_id().voted_for);
+    b.put_u8(u8::from(vote.is_committed()));
+    b.freeze()
+}
+
+/// The vote stored as `bytes`.
+pub(crate) fn decode_vote(bytes: &[u8]) -> io::Result<Vote> {
+    let mut r = Reader::new(bytes, "vote");
+    r.version()?;
+    let term = r.u64()?;
+    let voted_for = r.u64()?;
+    let committed = r.bool()?;
+    r.end()?;
+    let vote = if committed { Vote::new_committed(term, voted_for) } else { Vote::new(term, voted_for) };
+    Ok(vote)
+}
+
+/// The membership config in its layout.
+pub(crate) fn encode_membership(m: &Membership) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(VERSION);
+    let configs = m.get_joint_config();
+    b.put_u32_le(len_u32(configs.len()));
+    for config in configs {
+        b.put_u32_le(len_u32(config.len()));
+        for id in config {
+            b.put_u64_le(*id);
+        }
+    }
+    let nodes: Vec<_> = m.nodes().collect();
+    b.put_u32_le(len_u32(nodes.len()));
+    for (id, peer) in nodes {
+        b.put_u64_le(*id);
+        b.put_u32_le(len_u32(peer.addr.len()));
+        b.put_slice(peer.addr.as_bytes());
+    }
+    b.freeze()
+}
+
+/// The membership config stored as `bytes`.
+pub(crate) fn decode_membership(bytes: &[u8]) -> io::Result<Membership> {
+    let mut r = Reader::new(bytes, "membership");
+    r.version()?;
+    let membership = r.membership()?;
+    r.end()?;
+    Ok(membership)
+}
+
+/// What the state machine holds: enough to answer `applied_state` and to number records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SmState {
+    /// The last applied entry.
+    pub applied: Option<LogId>,
+    /// The last membership config applied, with the id of its entry.
+    pub membership: StoredMembership,
+    /// Data entries applied so far: the `log.v1` offset the next record gets.
+    pub records: u64,
+}
+
+pub(crate) fn encode_sm_state(s: &SmState) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(VERSION);
+    put_log_id(&mut b, s.applied.as_ref());
+    put_log_id(&mut b, s.membership.log_id().as_ref());
+    let m = encode_membership(s.membership.membership());
+    b.put_u32_le(len_u32(m.len()));
+    b.put_slice(&m);
+    b.put_u64_le(s.records);
+    b.freeze()
+}
+
+pub(crate) fn decode_sm_state(bytes: &[u8]) -> io::Result<SmState> {
+    let mut r = Reader::new(bytes, "state machine");
+    r.version()?;
+    let applied = r.log_id()?;
+    let membership_log_id = r.log_id()?;
+    let len = r.u32()? as usize;
+    let membership = decode_membership(r.take(len)?)?;
+    let records = r.u64()?;
+    r.end()?;
+    Ok(SmState { applied, membership: StoredMembership::new(membership_log_id, membership), records })
+}
+
+fn put_log_id(b: &mut BytesMut, id: Option<&LogId>) {
+    match id {
+        None => b.put_u8(0),
+        Some(id) => {
+            b.put_u8(1);
+            b.put_u64_le(id.leader_id.term);
+            b.put_u64_le(id.index);
+        }
+    }
+}
+
+fn len_u32(n: usize) -> u32 {
+    // Membership configs and addresses are tiny; four billion of anything is a bug upstream.
+    u32::try_from(n).expect("length fits in u32")
+}
+
+/// A bounds-checked cursor over untrusted bytes.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], what: &'static str) -> Self {
+        Reader { bytes, pos: 0, what }
+    }
+
+    fn invalid(&self, reason: impl std::fmt::Display) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad {} bytes at byte {}: {reason}", self.what, self.pos),
+        )
+    }
+
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&end| end <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(self.invalid(format!("{n} more bytes needed, {} left", self.bytes.len() - self.pos)));
+        };
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> io::Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+
+    fn u64(&mut self) -> io::Result<u64> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn bool(&mut self) -> io::Result<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(self.invalid(format!("flag {other} is neither 0 nor 1"))),
+        }
+    }
+
+    fn version(&mut self) -> io::Result<()> {
+        match self.u8()? {
+            VERSION => Ok(()),
+            other => Err(self.invalid(format!("unknown version {other} (this build reads {VERSION})"))),
+        }
+    }
+
+    /// A count of items of at least `item_bytes` each, checked against the bytes left so that
+    /// a corrupt count cannot make the decoder allocate without bound.
+    fn count(&mut self, item_bytes: usize) -> io::Result<usize> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(item_bytes) > self.bytes.len() - self.pos {
+            return Err(self.invalid(format!("count {n} exceeds the bytes left")));
+        }
+        Ok(n)
+    }
+
+    fn log_id(&mut self) -> io::Result<Option<LogId>> {
+        if !self.bool()? {
+            return Ok(None);
+        }
+        let term = self.u64()?;
+        let index = self.u64()?;
+        Ok(Some(log_id(term, index)))
+    }
+
+    fn membership(&mut self) -> io::Result<Membership> {
+        let configs_len = self.count(4)?;
+        let mut configs = Vec::with_capacity(configs_len);
+        for _ in 0..configs_len {
+            let ids = self.count(8)?;
+            let mut config = BTreeSet::new();
+            for _ in 0..ids {
+                config.insert(self.u64()?);
+            }
+            configs.push(config);
+        }
+        let nodes_len = self.count(12)?;
+        let mut nodes = BTreeMap::<NodeId, Peer>::new();
+        for _ in 0..nodes_len {
+            let id = self.u64()?;
+            let len = self.u32()? as usize;
+            let addr = std::str::from_utf8(self.take(len)?).map_err(|e| self.invalid(e))?;
+            nodes.insert(id, Peer { addr: addr.to_owned() });
+        }
+        Membership::new(configs, nodes).map_err(|e| self.invalid(e))
+    }
+
+    fn end(&self) -> io::Result<()> {
+        if self.pos != self.bytes.len() {
+            return Err(self.invalid(format!("{} trailing bytes", self.bytes.len() - self.pos)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn membership() -> Membership {
+        let configs = vec![BTreeSet::from([1, 2, 3]), BTreeSet::from([2, 3, 4])];
+        let nodes = BTreeMap::from([
+            (1, Peer { addr: "127.0.0.1:8401".into() }),
+            (2, Peer { addr: "127.0.0.1:8402".into() }),
+            (3, Peer { addr: "127.0.0.1:8403".into() }),
+            (4, Peer { addr: "127.0.0.1:8404".into() }),
+            (9, Peer { addr: "learner:1".into() }),
+        ]);
+        Membership::new(configs, nodes).unwrap()
+    }
+
+    #[test]
+    fn vote_round_trips_in_18_bytes() {
+        for vote in [Vote::new(0, 0), Vote::new(7, 3), Vote::new_committed(u64::MAX, 2)] {
+            let bytes = encode_vote(&vote);
+            assert_eq!(bytes.len(), 18);
+            assert_eq!(decode_vote(&bytes).unwrap(), vote);
+        }
+    }
+
+    #[test]
+    fn bad_vote_bytes_are_invalid_data_not_a_panic() {
+        let good = encode_vote(&Vote::new_committed(5, 1));
+        let mut bad_flag = good.to_vec();
+        bad_flag[17] = 2;
+        let mut bad_version = good.to_vec();
+        bad_version[0] = 9;
+        let cases =
+            [&good[..17], &bad_flag[..], &bad_version[..], &[][..], &[good.to_vec(), vec![0]].concat()[..]];
+        for bytes in cases {
+            let err = decode_vote(bytes).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{bytes:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn joint_membership_with_learners_round_trips() {
+        let m = membership();
+        assert_eq!(decode_membership(&encode_membership(&m)).unwrap(), m);
+        let empty = Membership::default();
+        assert_eq!(decode_membership(&encode_membership(&empty)).unwrap(), empty);
+    }
+
+    #[test]
+    fn every_truncation_of_a_membership_is_rejected() {
+        let bytes = encode_membership(&membership());
+        for len in 0..bytes.len() {
+            assert!(decode_membership(&bytes[..len]).is_err(), "prefix of {len} bytes accepted");
+        }
+    }
+
+    #[test]
+    fn a_huge_count_is_rejected_without_allocating() {
+        let mut b = vec![VERSION];
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        let err = decode_membership(&b).unwrap_err();
+        assert!(err.to_string().contains("exceeds the bytes left"), "{err}");
+    }
+
+    #[test]
+    fn a_voter_without_a_node_is_rejected() {
+        let mut b = BytesMut::new();
+        b.put_u8(VERSION);
+        b.put_u32_le(1);
+        b.put_u32_le(1);
+        b.put_u64_le(7);
+        b.put_u32_le(0);
+        assert_eq!(decode_membership(&b).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn entries_map_to_engine_kinds_and_back() {
+        let record = Record { timestamp_ms: 1_700_000_000_123, value: Bytes::from_static(b"hello") };
+        let entries = [
+            Entry::new_normal(log_id(3, 10), record.clone()),
+            Entry::new_blank(log_id(3, 11)),
+            Entry::new_membership(log_id(4, 12), membership()),
+        ];
+        let kinds = [EntryKind::Data, EntryKind::Blank, EntryKind::Membership];
+        for (entry, kind) in entries.into_iter().zip(kinds) {
+            let engine = to_engine(entry.clone());
+            assert_eq!(engine.kind, kind);
+            assert_eq!(engine.id, entry_id(&entry.log_id));
+            assert_eq!(from_engine(engine).unwrap(), entry);
+        }
+        let engine = to_engine(Entry::new_normal(log_id(1, 1), record.clone()));
+        assert_eq!(engine.timestamp_ms, record.timestamp_ms);
+        assert_eq!(engine.payload, record.value);
+    }
+
+    #[test]
+    fn state_machine_state_round_trips() {
+        let s = SmState {
+            applied: Some(log_id(4, 99)),
+            membership: StoredMembership::new(Some(log_id(4, 12)), membership()),
+            records: 80,
+        };
+        assert_eq!(decode_sm_state(&encode_sm_state(&s)).unwrap(), s);
+        let empty = SmState::default();
+        assert_eq!(decode_sm_state(&encode_sm_state(&empty)).unwrap(), empty);
+    }
+}

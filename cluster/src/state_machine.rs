@@ -1,0 +1,344 @@
+//! openraft's state machine ([`RaftStateMachine`]) for a log whose entries *are* the records.
+//!
+//! Applying an entry copies nothing: the record is already in the engine's log. The state
+//! machine only moves its applied mark, remembers the last membership config, and counts the
+//! data entries it applied, which numbers the records: the `n`th data entry is `log.v1` offset
+//! `n - 1`, and that offset is the [`Ack`] a client's write gets back.
+//!
+//! # Persistence: snapshots only, re-applied up to `committed`
+//!
+//! `apply` writes nothing to disk (it would cost an `fsync` per batch for a few bytes). The
+//! state survives a restart in two pieces, and openraft puts them back together:
+//!
+//! - the last **snapshot** (applied log id, membership, record count at that point) is a small
+//!   file written atomically (temp file, `fsync`, rename, directory `fsync`) and CRC-checked
+//!   when read; [`StateMachine::open`] starts from it;
+//! - the **committed** log id is in the engine's metadata (see [`crate::log_store`]); at startup
+//!   openraft re-applies the log from the snapshot up to it, which recounts the records.
+//!
+//! So after a clean restart the applied mark is back where it was, and the record count agrees
+//! with the log. The engine writes `committed` with its next metadata write or on close, so
+//! after a crash the mark may restart lower; it catches up once the node learns the cluster's
+//! commit, and consumers must wait for that (`Raft::wait_for_recovery`) so that they never see
+//! the high watermark go back.
+//!
+//! # Snapshots are the state, not the records (yet)
+//!
+//! A snapshot's data ([`SnapshotData`]) is the state above and nothing else. That is complete
+//! for this node, whose records stay in its own log, and it is what the storage suite's
+//! build/install tests need. It is **not** enough for a follower that is sent a snapshot
+//! because the leader purged the entries it lacks: the follower's applied mark moves, but it
+//! does not receive the records below it. The design (`replication.md`, decision 7) makes a
+//! snapshot a pinned view of the leader's segment files, streamed to disk; that is left for the
+//! cluster work, and until then a node must not purge entries a follower still needs (the
+//! default snapshot policy must stay off, and retention must wait for every follower).
+//!
+//! How each contract is honoured:
+//!
+//! - **`applied_state`** returns the last applied log id and the last applied membership.
+//! - **`apply`** records each entry's log id as applied, stores a membership entry's config,
+//!   counts data entries, and answers every entry that has a responder at once.
+//! - **`try_create_snapshot_builder`** always returns a builder (building is cheap), whether or
+//!   not `force` is set; the builder works on a copy of the state taken when it was created.
+//! - **`build_snapshot`** persists the snapshot before returning it, so that
+//!   `get_current_snapshot` returns it, now and after a restart.
+//! - **`install_snapshot`** checks the data against the metadata, persists it (replacing the
+//!   previous snapshot atomically) and replaces the state, all before it returns.
+//! - **`get_current_snapshot`** returns the last snapshot built or installed, or `None`.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::type_config::TypeConfigExt;
+
+use crate::codec::{self, SmState};
+use crate::types::{Ack, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// A snapshot as openraft sees it: metadata plus [`SnapshotData`].
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+const SNAPSHOT_MAGIC: &[u8; 4] = b"RLSS";
+
+/// The data of a snapshot: the state machine's state (applied log id, membership, record
+/// count), versioned, in the crate's own little-endian layout.
+///
+/// The bytes are what the network layer ships to a follower; [`SnapshotData::from_bytes`]
+/// takes them back (they are checked when installed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotData {
+    bytes: Bytes,
+}
+
+impl SnapshotData {
+    /// The encoded state.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Snapshot data received from a peer.
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        SnapshotData { bytes }
+    }
+}
+
+struct Shared {
+    /// The snapshot file.
+    path: PathBuf,
+    /// What has been applied.
+    state: Mutex<SmState>,
+    /// The last snapshot built or installed, as persisted. Its lock also serializes writes of
+    /// the file.
+    snapshot: Mutex<Option<SmState>>,
+}
+
+/// openraft's [`RaftStateMachine`] for ringlog: see the module docs.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+/// Builds a snapshot of the state as it was when the builder was created.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    state: SmState,
+}
+
+impl StateMachine {
+    /// Opens the state machine whose snapshot lives in the file `path` (created on the first
+    /// snapshot; its directory must exist). It starts from that snapshot, or from nothing.
+    pub fn open(path: impl Into<PathBuf>) -> io::Result<Self> {
+        let path = path.into();
+        let snapshot = read_snapshot(&path)?;
+        let state = snapshot.clone().unwrap_or_default();
+        let shared = Shared { path, state: Mutex::new(state), snapshot: Mutex::new(snapshot) };
+        Ok(StateMachine { shared: Arc::new(shared) })
+    }
+
+    /// The last applied log id: the node's high watermark in Raft terms.
+    pub fn applied(&self) -> Option<LogId> {
+        self.shared.state.lock().unwrap().applied
+    }
+
+    /// Records applied so far: the `log.v1` offset the next record gets.
+    pub fn records(&self) -> u64 {
+        self.shared.state.lock().unwrap().records
+    }
+
+    fn builder(&self) -> SnapshotBuilder {
+        let state = self.shared.state.lock().unwrap().clone();
+        SnapshotBuilder { shared: self.shared.clone(), state }
+    }
+}
+
+fn snapshot_of(state: &SmState) -> Snapshot {
+    let meta = SnapshotMeta { last_log_id: state.applied, last_membership: state.membership.clone() };
+    Snapshot { meta, snapshot: SnapshotData { bytes: codec::encode_sm_state(state) } }
+}
+
+/// Persists `state` as the current snapshot unless a newer one is already there.
+/// `force` replaces it whatever its age (an installed snapshot is what the leader says).
+async fn persist(shared: &Arc<Shared>, state: SmState, force: bool) -> io::Result<()> {
+    let shared = shared.clone();
+    TypeConfig::spawn_blocking(move || {
+        let mut current = shared.snapshot.lock().unwrap();
+        if current.as_ref() == Some(&state) {
+            return Ok(());
+        }
+        if !force && current.as_ref().is_some_and(|c| c.applied >= state.applied) {
+            return Ok(());
+        }
+        write_snapshot(&shared.path, &state)?;
+        *current = Some(state);
+        Ok(())
+    })
+    .await?
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// `magic | len u32 | state | crc32c(len | state) u32`, written to a temp file, synced,
+/// renamed over the old one, and the directory synced.
+fn write_snapshot(path: &Path, state: &SmState) -> io::Result<()> {
+    let body = codec::encode_sm_state(state);
+    let len = u32::try_from(body.len()).expect("a state machine state is small");
+    let mut b = BytesMut::with_capacity(body.len() + 12);
+    b.put_slice(SNAPSHOT_MAGIC);
+    b.put_u32_le(len);
+    b.put_slice(&body);
+    let crc = crc32c::crc32c(&b[4..]);
+    b.put_u32_le(crc);
+
+    let temp = temp_path(path);
+    let mut f = File::create(&temp)?;
+    f.write_all(&b)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&temp, path)?;
+    sync_dir(path)
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+fn read_snapshot(path: &Path) -> io::Result<Option<SmState>> {
+    // A temp file is a write that never finished; the renamed file is the snapshot.
+    match fs::remove_file(temp_path(path)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let bytes = match fs::read(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        r => r?,
+    };
+    let corrupt = |reason: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("corrupt snapshot file {}: {reason}", path.display()),
+        )
+    };
+    if bytes.len() < 12 || &bytes[..4] != SNAPSHOT_MAGIC {
+        return Err(corrupt(format!("no snapshot header in its {} bytes", bytes.len())));
+    }
+    let len = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+    if bytes.len() != len + 12 {
+        return Err(corrupt(format!(
+            "header says {len} bytes of state, the file holds {}",
+            bytes.len() - 12
+        )));
+    }
+    let (covered, crc) = bytes[4..].split_at(4 + len);
+    let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    if crc32c::crc32c(covered) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    codec::decode_sm_state(&covered[4..]).map(Some).map_err(|e| corrupt(e.to_string()))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        persist(&self.shared, self.state.clone(), false).await?;
+        Ok(snapshot_of(&self.state))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let state = self.shared.state.lock().unwrap();
+        Ok((state.applied, state.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: futures_util::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let ack = {
+                let mut state = self.shared.state.lock().unwrap();
+                state.applied = Some(entry.log_id);
+                let offset = state.records;
+                match entry.payload {
+                    EntryPayload::Normal(_) => state.records += 1,
+                    EntryPayload::Blank => {}
+                    EntryPayload::Membership(m) => {
+                        state.membership = StoredMembership::new(Some(entry.log_id), m);
+                    }
+                }
+                Ack { offset }
+            };
+            if let Some(responder) = responder {
+                responder.send(ack);
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<SnapshotBuilder> {
+        Some(self.builder())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        self.builder()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+        let state = codec::decode_sm_state(&snapshot.bytes)?;
+        if state.applied != meta.last_log_id || state.membership != meta.last_membership {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot data (applied {:?}) does not match its metadata {meta}", state.applied),
+            ));
+        }
+        persist(&self.shared, state.clone(), true).await?;
+        *self.shared.state.lock().unwrap() = state;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        Ok(self.shared.snapshot.lock().unwrap().as_ref().map(snapshot_of))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Membership, log_id};
+
+    fn state() -> SmState {
+        let m = Membership::new_with_defaults(vec![[1, 2, 3].into()], []);
+        SmState {
+            applied: Some(log_id(2, 40)),
+            membership: StoredMembership::new(Some(log_id(1, 3)), m),
+            records: 37,
+        }
+    }
+
+    #[test]
+    fn snapshot_file_round_trips_and_a_stale_temp_file_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot");
+        assert_eq!(read_snapshot(&path).unwrap(), None);
+        write_snapshot(&path, &state()).unwrap();
+        fs::write(temp_path(&path), b"half a write").unwrap();
+        assert_eq!(read_snapshot(&path).unwrap(), Some(state()));
+        assert!(!temp_path(&path).exists());
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_snapshot_file_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot");
+        write_snapshot(&path, &state()).unwrap();
+        let good = fs::read(&path).unwrap();
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            fs::write(&path, &bad).unwrap();
+            let err = read_snapshot(&path).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert!(err.to_string().contains("snapshot"), "{err}");
+        }
+        fs::write(&path, &good[..good.len() - 1]).unwrap();
+        assert!(read_snapshot(&path).is_err());
+    }
+}
