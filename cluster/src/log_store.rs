@@ -152,22 +152,9 @@ fn read(log: &Log, start: u64, end: u64, limited: bool) -> io::Result<Vec<Entry>
     Ok(out)
 }
 
-/// The id of the last entry the log holds. `Log::last_entry_id` answers `None` when reading the
-/// entry fails, which here would report a shorter log than the disk holds; this reads it and
-/// returns the error instead.
+/// The id of the last entry the log holds.
 fn last_entry_id(log: &Log) -> io::Result<Option<EntryId>> {
-    // A few rounds for truncations or purges racing with the read; more is an engine bug.
-    for _ in 0..100 {
-        let next = log.next_index();
-        if next <= log.first_index() {
-            return Ok(None);
-        }
-        let entries = log.read_entries(next - 1, next, 0).map_err(io_error)?;
-        if let Some(last) = entries.last() {
-            return Ok(Some(last.id));
-        }
-    }
-    Err(io::Error::other("the engine keeps saying it holds a last entry that it does not return"))
+    log.last_entry_id().map_err(io_error)
 }
 
 fn read_vote(log: &Log) -> io::Result<Option<Vote>> {

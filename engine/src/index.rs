@@ -135,10 +135,16 @@ impl Index {
         let memory = match file.std_file() {
             Some(std_file) => Memory::Mapped({
                 preallocate(std_file, bytes).context(|| format!("allocating index {}", path.display()))?;
-                memmap2::MmapOptions::new()
+                let map = memmap2::MmapOptions::new()
                     .len(usize::try_from(bytes).expect("index fits in memory"))
                     .map_raw(std_file)
-                    .context(|| format!("mapping index {}", path.display()))?
+                    .context(|| format!("mapping index {}", path.display()))?;
+                // Entries are touched a page at a time, in order: without this, the first
+                // fault of a fresh index reads ahead (zero-fills) megabytes of page cache,
+                // which the trim then frees again (measured: ~3 ms of a fresh 10 k appends).
+                map.advise(memmap2::Advice::Random)
+                    .context(|| format!("advising index {}", path.display()))?;
+                map
             }),
             None => {
                 let mut raw = vec![0u8; (bytes - header::LEN as u64) as usize];
@@ -261,29 +267,21 @@ impl Index {
         self.len.store(positions.len() as u32, Ordering::Release);
     }
 
-    /// Makes the entries durable.
-    pub(crate) fn flush(&self) -> Result<()> {
-        let what = || format!("flushing index {}", self.path.display());
-        match &self.memory {
-            Memory::Mapped(map) => map.flush().context(what),
-            // The entries are in the page cache already (see `store`).
-            Memory::Heap(_) => self.file.sync_data().context(what),
-        }
-    }
-
     /// Whether the file is already cut to its published entries.
     pub(crate) fn is_trimmed(&self) -> Result<bool> {
         let len = self.file.len().context(|| format!("sizing index {}", self.path.display()))?;
         Ok(len == file_len(self.len()))
     }
 
-    /// Flushes and cuts the file to its published entries: done when the segment stops
+    /// Cuts the file to its published entries: done when the segment stops
     /// growing (sealed, or the log closes). No entry may be pushed afterwards.
+    ///
+    /// Neither flushed nor synced: the index is never a source of durability (recovery
+    /// trusts an entry only where it matches the store, and rebuilds the rest from it), so
+    /// what a crash leaves of it costs a rescan at most, never a record.
     pub(crate) fn trim(&self) -> Result<()> {
-        self.flush()?;
         let what = || format!("trimming index {}", self.path.display());
-        self.file.set_len(file_len(self.len())).context(what)?;
-        self.file.sync_data().context(what)
+        self.file.set_len(file_len(self.len())).context(what)
     }
 }
 
@@ -351,7 +349,6 @@ mod tests {
             index.push_unpublished(0, 32);
             index.push_unpublished(1, 60);
             index.publish(2);
-            index.flush().unwrap();
             drop(index); // no trim: the file keeps its preallocated zero tail
             let file = disk.open(&path, false).unwrap();
             assert_eq!(file.len().unwrap(), file_len(100));

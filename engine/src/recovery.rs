@@ -24,7 +24,8 @@
 //!    below the purged id are deleted (a purge that a crash interrupted).
 //! 6. A log with no segments gets an empty one at `initial_offset` (or after the purged
 //!    id). A version-1 active segment is sealed and a version-2 one started after it.
-//! 7. The active segment's store is synced, so everything recovered is durable.
+//! 7. Everything recovered is durable: after an unclean stop (the lock file says so) the
+//!    active store is synced before it is scanned, and its clean cached pages dropped.
 
 use std::{path::Path, sync::Arc};
 
@@ -71,6 +72,17 @@ pub(crate) struct Recovered {
     pub(crate) last_term: u64,
 }
 
+/// Where and how segments are recovered.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    disk: &'a dyn Disk,
+    dir: &'a Path,
+    capacity: u32,
+    config: &'a Config,
+    /// The last run may not have closed cleanly.
+    unclean: bool,
+}
+
 /// What recovering one segment found besides the segment.
 struct SegmentFound {
     /// Its store was cut.
@@ -81,10 +93,12 @@ struct SegmentFound {
     gaps: Vec<u64>,
 }
 
-pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config) -> Result<Recovered> {
+/// `unclean`: the last run may not have closed cleanly (see `DirLockGuard`).
+pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config, unclean: bool) -> Result<Recovered> {
     let meta = MetaFile::load(disk, dir)?.unwrap_or_default();
     let bases = list_segments(disk, dir)?;
     let capacity = index::capacity(config.index_bytes_max);
+    let place = Place { disk, dir, capacity, config, unclean };
     let mut report = RecoveryReport::default();
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
     let mut last_term = meta.meta.purged.map_or(0, |p| p.term);
@@ -94,18 +108,16 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config) -> Result<Re
         let is_last = i + 1 == bases.len();
         let store_path = segment::file_path(dir, base, STORE_EXT);
         let outcome =
-            recover_segment(disk, dir, base, is_last, capacity, config, &mut report).and_then(|segment| {
-                match segments.last() {
-                    Some(previous) if previous.next_index() != base => Err(Error::corrupt(
-                        &store_path,
-                        0,
-                        format!(
-                            "segment starts at index {base}, but the previous one ends before {}",
-                            previous.next_index()
-                        ),
-                    )),
-                    _ => Ok(segment),
-                }
+            recover_segment(&place, base, is_last, &mut report).and_then(|segment| match segments.last() {
+                Some(previous) if previous.next_index() != base => Err(Error::corrupt(
+                    &store_path,
+                    0,
+                    format!(
+                        "segment starts at index {base}, but the previous one ends before {}",
+                        previous.next_index()
+                    ),
+                )),
+                _ => Ok(segment),
             });
         match outcome {
             Ok((segment, found)) => {
@@ -134,7 +146,7 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config) -> Result<Re
     if let Some(last) = segments.last().filter(|s| Some(&s.base()) != bases.last()) {
         let base = last.base();
         segments.pop();
-        let (segment, found) = recover_segment(disk, dir, base, true, capacity, config, &mut report)?;
+        let (segment, found) = recover_segment(&place, base, true, &mut report)?;
         last_term = found.last_term.unwrap_or(last_term);
         gaps.extend(found.gaps);
         segments.push(Arc::new(segment));
@@ -165,10 +177,9 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config) -> Result<Re
         info!(file = %last.store.path().display(), "sealing a version-1 segment; new entries go to version-2 segments");
         segments.push(Arc::new(Segment::create(disk, dir, next, capacity)?));
     }
-    // What the active segment holds may be in the page cache only (the last run was
-    // killed, or its sync failed): make it durable before the log reports it durable.
+    // Everything recovered is durable: a clean close synced the active store, after an
+    // unclean one recovery synced it before scanning, and every cut was synced.
     let active = segments.last().expect("a segment exists");
-    active.store.file().sync_data().context(|| format!("syncing {}", active.store.path().display()))?;
     report.segments = segments.len();
     let next = active.next_index();
     let first_index = first_index.max(segments[0].base()).min(next);
@@ -251,14 +262,12 @@ fn remove_after(disk: &dyn Disk, dir: &Path, bases: &[u64]) -> Result<usize> {
 
 /// Recovers one segment.
 fn recover_segment(
-    disk: &dyn Disk,
-    dir: &Path,
+    at: &Place<'_>,
     base: u64,
     is_last: bool,
-    capacity: u32,
-    config: &Config,
     report: &mut RecoveryReport,
 ) -> Result<(Segment, SegmentFound)> {
+    let Place { disk, dir, capacity, config, unclean } = *at;
     let store_path = segment::file_path(dir, base, STORE_EXT);
     let index_path = segment::file_path(dir, base, INDEX_EXT);
     if base > OFFSET_LIMIT {
@@ -268,10 +277,11 @@ fn recover_segment(
         return Err(Error::corrupt(&store_path, 0, reason));
     }
     let store_file = disk.open(&store_path, false).context(|| format!("opening {}", store_path.display()))?;
-    if is_last {
+    if is_last && unclean {
         // Pages whose writeback failed in an earlier run stay cached and clean: a sync would
         // not write them, yet reads would see them. Write what is dirty, drop what is clean,
-        // and recover from what is really on the disk.
+        // and recover from what is really on the disk. (After a clean close everything was
+        // synced and nothing is left to doubt.)
         store_file.sync_data().context(|| format!("syncing {}", store_path.display()))?;
         store_file.drop_clean_pages();
     }

@@ -70,7 +70,7 @@ fn entries_keep_their_index_term_and_kind_and_records_skip_the_others() {
         let log = f.open();
         let written = raft_history(&log, &[(1, 2), (2, 0), (3, 3)]);
         assert_eq!(all_entries(&log), written, "[{}]", f.name);
-        assert_eq!(log.last_entry_id(), Some(EntryId { term: 3, index: 7 }));
+        assert_eq!(log.last_entry_id().unwrap(), Some(EntryId { term: 3, index: 7 }));
         assert_eq!((log.first_index(), log.next_index()), (0, 8));
         // Entries 0, 3 and 4 are blanks: records 0..5 are at indexes 1, 2, 5, 6, 7.
         assert_eq!((log.lowest_offset(), log.next_offset()), (0, 5), "[{}]", f.name);
@@ -87,7 +87,7 @@ fn entries_keep_their_index_term_and_kind_and_records_skip_the_others() {
         assert!(matches!(log.read(5), Err(Error::OffsetNotWritten { offset: 5, next: 5 })));
         // Records appended by producers continue after the entries, in the last term.
         assert_eq!(log.append(&b"produced"[..]).unwrap(), 5);
-        assert_eq!(log.last_entry_id(), Some(EntryId { term: 3, index: 8 }));
+        assert_eq!(log.last_entry_id().unwrap(), Some(EntryId { term: 3, index: 8 }));
         log.close().unwrap();
 
         let log = f.open();
@@ -146,7 +146,7 @@ fn truncate_after_removes_the_tail_inside_the_active_segment() {
         let written = raft_history(&log, &[(1, 4)]);
         log.truncate_after(Some(2)).unwrap();
         assert_eq!(all_entries(&log), written[..3], "[{}]", f.name);
-        assert_eq!(log.last_entry_id(), Some(EntryId { term: 1, index: 2 }));
+        assert_eq!(log.last_entry_id().unwrap(), Some(EntryId { term: 1, index: 2 }));
         assert!(matches!(log.read(2), Err(Error::OffsetNotWritten { .. })), "[{}]", f.name);
         // The conflicting entries are replaced by the new leader's.
         append(&log, vec![entry(2, 3, EntryKind::Blank), data(2, 4)]).unwrap();
@@ -189,7 +189,12 @@ fn truncate_after_crosses_segments_and_the_log_goes_on_after_the_cut() {
         assert_eq!(all_entries(&log), expected, "[{}] after reopen", f.name);
         assert_eq!(log.next_offset(), 11, "[{}] one blank (index 0) before 11 records", f.name);
         log.truncate_after(None).unwrap();
-        assert_eq!((log.first_index(), log.next_index(), log.last_entry_id()), (0, 0, None), "[{}]", f.name);
+        assert_eq!(
+            (log.first_index(), log.next_index(), log.last_entry_id().unwrap()),
+            (0, 0, None),
+            "[{}]",
+            f.name
+        );
         assert!(all_entries(&log).is_empty());
     }
 }
@@ -237,7 +242,7 @@ fn a_purge_past_the_end_empties_the_log_which_continues_after_it() {
         raft_history(&log, &[(1, 5)]);
         log.purge(EntryId { term: 4, index: 20 }).unwrap();
         assert_eq!(
-            (log.first_index(), log.next_index(), log.last_entry_id()),
+            (log.first_index(), log.next_index(), log.last_entry_id().unwrap()),
             (21, 21, None),
             "[{}]",
             f.name
@@ -356,4 +361,26 @@ fn crc32c(bytes: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+#[test]
+fn age_retention_goes_by_records_not_by_raft_entries_without_a_time() {
+    for f in fixtures(|_| {}) {
+        let log = small_segments(&f);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        for index in 0..12 {
+            // Records carry the time; each segment ends with a blank of time 0.
+            let mut e = if index % 4 == 3 { entry(1, index, EntryKind::Blank) } else { data(1, index) };
+            e.timestamp_ms = if e.kind == EntryKind::Data { now } else { 0 };
+            append(&log, vec![e]).unwrap();
+        }
+        let segments = log.segment_count();
+        let retention = ringlog_engine::Retention {
+            max_age: Some(std::time::Duration::from_secs(3600)),
+            ..Default::default()
+        };
+        assert_eq!(log.apply_retention(retention).unwrap(), 0, "[{}] nothing is an hour old", f.name);
+        assert_eq!(log.segment_count(), segments);
+    }
 }

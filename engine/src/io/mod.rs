@@ -14,7 +14,7 @@ pub(crate) mod sim;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 
-use std::{fmt, fs::File, io, path::Path, sync::Arc};
+use std::{fmt, fs::File, io, os::unix::fs::FileExt, path::Path, sync::Arc};
 
 pub use sim::{SimDisk, SimFault};
 
@@ -41,7 +41,17 @@ pub(crate) trait Disk: Send + Sync + fmt::Debug {
 }
 
 /// A held directory lock: released when dropped.
-pub(crate) type DirLock = Box<dyn std::any::Any + Send + Sync>;
+pub(crate) type DirLock = Box<dyn DirLockGuard>;
+
+/// What a directory lock knows about the log's last run in this boot.
+pub(crate) trait DirLockGuard: Send + Sync {
+    /// Whether the last log to hold the lock may not have closed cleanly (killed, crashed
+    /// or poisoned): its unsynced pages may be cached, clean and never written (after a
+    /// failed fsync), so recovery must read the active segment from the disk itself.
+    fn previous_run_unclean(&self) -> bool;
+    /// Records a clean close, for the next opener.
+    fn closed_cleanly(&self);
+}
 
 /// The name of the lock file in a data directory.
 pub(crate) const LOCK_FILE: &str = "LOCK";
@@ -129,10 +139,14 @@ fn sync_dir_std(dir: &Path) -> io::Result<()> {
 }
 
 /// `flock`s the directory's lock file (released when the file closes, also when the
-/// process dies) and writes this process's id into it, for the next opener's error.
+/// process dies) and writes this process's id into it, for the next opener's error. A clean
+/// close empties it: a pid found there means the last run did not close cleanly (within a
+/// boot the page cache keeps the file's content even unsynced, which is all that matters:
+/// after a reboot no stale page is cached anyway).
 fn lock_dir_std(dir: &Path) -> io::Result<DirLock> {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let path = dir.join(LOCK_FILE);
+    let existed = path.exists();
     let mut file =
         std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
     match file.try_lock() {
@@ -148,7 +162,25 @@ fn lock_dir_std(dir: &Path) -> io::Result<DirLock> {
         }
         Err(std::fs::TryLockError::Error(error)) => return Err(error),
     }
+    let mut previous = String::new();
+    file.read_to_string(&mut previous)?;
+    let unclean = !existed || !previous.trim().is_empty();
     file.set_len(0)?;
-    file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
-    Ok(Box::new(file))
+    file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)?;
+    Ok(Box::new(LockFile { file, unclean }))
+}
+
+/// The held lock file of a real directory.
+struct LockFile {
+    file: File,
+    unclean: bool,
+}
+
+impl DirLockGuard for LockFile {
+    fn previous_run_unclean(&self) -> bool {
+        self.unclean
+    }
+    fn closed_cleanly(&self) {
+        let _ = self.file.set_len(0);
+    }
 }

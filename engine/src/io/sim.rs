@@ -683,6 +683,14 @@ struct SimLock {
     dir: PathBuf,
 }
 
+impl super::DirLockGuard for SimLock {
+    /// Always: the simulated disk's tests reopen after failed syncs in one process.
+    fn previous_run_unclean(&self) -> bool {
+        true
+    }
+    fn closed_cleanly(&self) {}
+}
+
 impl Drop for SimLock {
     fn drop(&mut self) {
         lock(&self.disk.state).locked.remove(&self.dir);

@@ -129,7 +129,7 @@ impl Log {
             io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone(), holder: error.to_string() },
             _ => Error::io(format!("locking data directory {}", dir.display()), error),
         })?;
-        let recovered = recovery::recover(disk.as_ref(), &dir, &config)?;
+        let recovered = recovery::recover(disk.as_ref(), &dir, &config, dir_lock.previous_run_unclean())?;
         let next = recovered.segments.last().expect("recovery leaves a segment").next_index();
         info!(dir = %dir.display(), backend = disk.name(), durability = ?config.durability,
               first_index = recovered.first_index, next_index = next, "opened log");
@@ -454,7 +454,12 @@ impl Inner {
             Err(_) => Err(self.shared.poison_error()),
         };
         let _ = appender.join();
-        self.shared.dir_lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(lock) = self.shared.dir_lock.lock().unwrap_or_else(|p| p.into_inner()).take()
+            && result.is_ok()
+            && self.shared.poison.get().is_none()
+        {
+            lock.closed_cleanly();
+        }
         self.shared.appended.notify(usize::MAX);
         match (result, self.shared.poison.get()) {
             (Ok(()), Some(_)) => Err(self.shared.poison_error()),

@@ -26,19 +26,28 @@ impl Log {
         self.shared().first_index.load(Ordering::Acquire).min(self.next_index())
     }
 
-    /// The term and index of the last entry, or `None` when the log holds none.
-    pub fn last_entry_id(&self) -> Option<EntryId> {
+    /// The term and index of the last entry, or `None` when the log holds none; an error
+    /// when its frame cannot be read.
+    pub fn last_entry_id(&self) -> Result<Option<EntryId>> {
         loop {
             let next = self.next_index();
             if next <= self.first_index() {
-                return None;
+                return Ok(None);
             }
             match self.shared().read_raw(next - 1, next, 1, 0) {
-                Ok(entries) => return Some(entries[0].id),
+                Ok(entries) => return Ok(Some(entries[0].id)),
+                // A truncation moved the end meanwhile: look again.
                 Err(Error::Truncated { .. }) => continue,
-                Err(_) => return None,
+                Err(error) => return Err(error),
             }
         }
+    }
+
+    /// The record offset of the entry at `index`: for a data entry its offset, for a
+    /// blank or membership entry the offset the next record gets. `index` must not lie
+    /// below the first index.
+    pub fn offset_of_index(&self, index: u64) -> u64 {
+        self.shared().offsets().offset_of(index)
     }
 
     /// Appends entries at the indexes they carry: the first must be [`Log::next_index`],

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Log;
-use crate::{error::Result, segment::Segment};
+use crate::{entry::EntryKind, error::Result, segment::Segment};
 
 /// Retention limits for [`Log::apply_retention`]. The active segment is never dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,8 +43,17 @@ impl Log {
     }
 }
 
-/// Timestamp of a segment's last entry.
+/// Timestamp of a segment's last record.
+/// Only records count: a Raft blank or membership entry may carry no time (0), which would
+/// make a segment look ancient.
 fn newest_timestamp_ms(segment: &Segment) -> Option<u64> {
-    let last = segment.next_index().checked_sub(1).filter(|&i| i >= segment.base())?;
-    segment.read_entries(last, 1, 0).ok()?.first().map(|e| e.timestamp_ms)
+    let mut index = segment.next_index();
+    while index > segment.base() {
+        index -= 1;
+        let entry = segment.read_entries(index, 1, 0).ok()?.pop()?;
+        if entry.kind == EntryKind::Data {
+            return Some(entry.timestamp_ms);
+        }
+    }
+    None
 }
