@@ -12,7 +12,7 @@ impl Log {
     /// A reader over the frames of every entry from the first segment to the next index at
     /// the time of the call, in each segment's format: a consistent snapshot (later
     /// appends, retention and close do not change what it returns). Decode version-2
-    /// frames with [`record::decode`].
+    /// frames with [`record::decode`](crate::record::decode).
     pub fn reader(&self) -> LogReader {
         let next = self.shared().next_index.load(Ordering::Acquire);
         let segments = self.shared().segments().clone();

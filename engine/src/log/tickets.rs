@@ -21,7 +21,8 @@ impl AppendTicket {
     }
 }
 
-/// Entries handed to [`Log::append_entries`]: completes once they are readable.
+/// Entries handed to [`Log::append_entries`](crate::Log::append_entries): completes once they
+/// are readable.
 #[must_use = "entries are readable only once the ticket completes"]
 pub struct Published {
     pub(super) rx: Vec<oneshot::Receiver<Result<()>>>,
