@@ -4,10 +4,7 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use super::{
-    Appender,
-    syncer::{SyncJob, sync_file},
-};
+use super::{Appender, syncer::SyncJob};
 use crate::{
     entry::EntryId,
     error::{IoContext, Result},
@@ -30,8 +27,7 @@ impl Appender {
     pub(super) fn sync_now(&mut self) -> Result<()> {
         self.finish_in_flight()?;
         self.drain_syncer();
-        let segment = self.shared.active();
-        sync_file(&self.shared, segment.store.file().as_ref(), segment.store.path(), self.next)
+        self.sync_unsynced()
     }
 
     /// Removes every entry after `after` (`None`: every entry the log holds); see the

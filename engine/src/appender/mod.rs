@@ -436,8 +436,7 @@ impl Appender {
         segment.index.publish(flight.entries);
         segment.store.set_size(flight.position + flight.len);
         self.publish(flight.len, u64::from(flight.entries), flight.next);
-        let acks = flight.written.into_iter().map(Written::published).collect();
-        self.acknowledge(acks, segment);
+        self.acknowledge(flight.written, segment);
         Ok(())
     }
 
@@ -498,7 +497,9 @@ impl Appender {
         Ok(next)
     }
 
-    fn acknowledge(&mut self, acks: Vec<Ack>, segment: &Arc<Segment>) {
+    /// Acknowledges a published group as its durability says: now, or (with `Always`)
+    /// through the syncer, which needs the waiters as a list; only then is one built.
+    fn acknowledge(&mut self, written: Vec<Written>, segment: &Arc<Segment>) {
         let upto = self.shared.next_index.load(Ordering::Acquire);
         let job = |waiters| SyncJob::Sync {
             file: Arc::clone(segment.store.file()),
@@ -506,29 +507,44 @@ impl Appender {
             upto,
             waiters,
         };
+        let acks = written.into_iter().map(Written::published);
         match (self.shared.config.durability, &self.syncer) {
-            (Durability::Always, Some((jobs, _))) if !acks.is_empty() => {
-                if let Err(mpsc::SendError(SyncJob::Sync { waiters, .. })) = jobs.send(job(acks)) {
+            (Durability::Always, Some((jobs, _))) => {
+                let waiters: Vec<Ack> = acks.collect();
+                if waiters.is_empty() {
+                    return;
+                }
+                if let Err(mpsc::SendError(SyncJob::Sync { waiters, .. })) = jobs.send(job(waiters)) {
                     for ack in waiters {
                         ack.complete(Err(self.shared.poison_error()));
                     }
                 }
             }
-            (Durability::Interval { bytes, .. }, Some((jobs, _))) => {
+            (durability, syncer) => {
                 for ack in acks {
                     ack.complete(Ok(()));
                 }
-                if self.unsynced_bytes >= bytes {
+                if let (Durability::Interval { bytes, .. }, Some((jobs, _))) = (durability, syncer)
+                    && self.unsynced_bytes >= bytes
+                {
                     self.unsynced_bytes = 0;
                     let _ = jobs.send(job(Vec::new()));
                 }
             }
-            _ => {
-                for ack in acks {
-                    ack.complete(Ok(()));
-                }
-            }
         }
+    }
+
+    /// Syncs the active store unless every published entry is durable already (the syncer
+    /// may just have synced it: a second fdatasync would write nothing).
+    fn sync_unsynced(&self) -> Result<()> {
+        if self.shared.poison.get().is_some() {
+            return Err(self.shared.poison_error());
+        }
+        if self.shared.durable_index.load(Ordering::Acquire) >= self.next {
+            return Ok(());
+        }
+        let segment = self.shared.active();
+        sync_file(&self.shared, segment.store.file().as_ref(), segment.store.path(), self.next)
     }
 
     /// The error each caller affected by `error` gets: a full disk as it is, anything else
@@ -556,9 +572,8 @@ impl Appender {
             // What is on disk is unknown; recovery decides on reopen.
             return Err(self.shared.poison_error());
         }
-        let segment = self.shared.active();
-        sync_file(&self.shared, segment.store.file().as_ref(), segment.store.path(), self.next)?;
-        segment.index.trim()?;
+        self.sync_unsynced()?;
+        self.shared.active().index.trim()?;
         if self.shared.meta_unwritten.load(Ordering::Acquire) {
             self.shared.write_meta(|_| {})?;
         }
