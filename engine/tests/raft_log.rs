@@ -83,6 +83,8 @@ fn entries_keep_their_index_term_and_kind_and_records_skip_the_others() {
             .collect();
         assert_eq!(values, expected, "[{}] one read skips the blanks", f.name);
         assert_eq!(log.read(2).unwrap().value, written[5].payload, "[{}] offset 2 skips two blanks", f.name);
+        let offsets: Vec<u64> = (0..8).map(|index| log.offset_of_index(index)).collect();
+        assert_eq!(offsets, [0, 0, 1, 2, 2, 2, 3, 4], "[{}] a blank has the next record's offset", f.name);
         assert_eq!(log.read(4).unwrap().timestamp_ms, 1_007, "[{}] the caller's timestamp is kept", f.name);
         assert!(matches!(log.read(5), Err(Error::OffsetNotWritten { offset: 5, next: 5 })));
         // Records appended by producers continue after the entries, in the last term.

@@ -120,23 +120,23 @@ impl Appender {
         let shared = Arc::clone(&self.shared);
         let (disk, dir) = (shared.disk.as_ref(), shared.dir.as_path());
         let capacity = index::capacity(shared.config.index_bytes_max);
+        // The files change first, outside the segment list's lock (readers keep theirs
+        // through open handles); then the list is swapped at once. On a failure the list
+        // keeps the old segments, the log is poisoned, and recovery finishes the purge.
         let result = (|| {
-            let old: Vec<Arc<Segment>> = {
-                let _no_sync = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
-                let mut segments = shared.segments.write().unwrap_or_else(|p| p.into_inner());
-                shared.truncations.fetch_add(1, Ordering::AcqRel);
-                let old = std::mem::take(&mut *segments);
-                for segment in old.iter().rev() {
-                    segment.remove(disk)?;
-                }
-                disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
-                segments.push(Arc::new(Segment::create(disk, dir, new_first, capacity)?));
-                shared.first_index.store(new_first, Ordering::Release);
-                shared.next_index.store(new_first, Ordering::Release);
-                shared.durable_index.store(new_first, Ordering::Release);
-                old
-            };
-            drop(old);
+            let old = shared.segments.read().unwrap_or_else(|p| p.into_inner()).clone();
+            for segment in old.iter().rev() {
+                segment.remove(disk)?;
+            }
+            disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
+            let fresh = Arc::new(Segment::create(disk, dir, new_first, capacity)?);
+            let _no_sync = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut segments = shared.segments.write().unwrap_or_else(|p| p.into_inner());
+            shared.truncations.fetch_add(1, Ordering::AcqRel);
+            *segments = vec![fresh];
+            shared.first_index.store(new_first, Ordering::Release);
+            shared.next_index.store(new_first, Ordering::Release);
+            shared.durable_index.store(new_first, Ordering::Release);
             Ok(())
         })();
         self.next = new_first;
