@@ -140,6 +140,9 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let log = Log::open(&config.data_dir, config.engine_config())
         .with_context(|| format!("opening the log in {}", config.data_dir.display()))?;
     runtime()?.block_on(async {
+        // Caught from here on: the server announces itself only after this, so a signal sent
+        // as soon as it does never meets the default action (death without closing the log).
+        let mut signals = ShutdownSignals::install().context("installing the SIGINT and SIGTERM handlers")?;
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("listening on {} (setting `addr`)", config.addr))?;
@@ -156,11 +159,11 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
                 .with_context(|| format!("listening on {addr} (setting `metrics-addr`)"))?;
             server = server.metrics_listener(metrics);
         }
-        let shutdown = async {
-            shutdown_signal().await;
+        let shutdown = async move {
+            signals.next().await;
             // A second signal means "now": someone is done waiting for a slow shutdown.
-            tokio::spawn(async {
-                shutdown_signal().await;
+            tokio::spawn(async move {
+                signals.next().await;
                 eprintln!("ringlog: second signal during shutdown: exiting at once (the log was not closed)");
                 std::process::exit(2);
             });
@@ -185,25 +188,24 @@ fn certs(args: CertsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
+/// SIGINT and SIGTERM, caught from the moment they are installed.
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Registers both handlers now (in a tokio runtime), not when first awaited.
+    fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }
