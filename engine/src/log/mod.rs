@@ -18,7 +18,6 @@ use std::{
     sync::{
         Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc,
     },
     thread,
     time::{Duration, Instant},
@@ -36,7 +35,7 @@ pub use stats::{SYNC_LATENCY_BOUNDS_US, Stats};
 pub use tickets::{AppendFuture, AppendTicket, Published, PublishedFuture};
 
 use crate::{
-    appender::{Appender, Done, Message, OffsetSender, Payload, Request},
+    appender::{Appender, AppenderLink, Done, Message, OffsetSender, Payload, Request},
     config::{Backend, Config},
     entry::EntryKind,
     error::{Error, IoContext, Result},
@@ -76,7 +75,7 @@ pub struct Log {
 
 struct Inner {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Message>,
+    appender_link: AppenderLink,
     appender: Mutex<Option<thread::JoinHandle<()>>>,
     report: RecoveryReport,
 }
@@ -152,11 +151,11 @@ impl Log {
             stats: Counters::default(),
             dir_lock: Mutex::new(Some(dir_lock)),
         });
-        let (tx, rx) = mpsc::channel();
-        let appender = Appender::spawn(Arc::clone(&shared), rx, recovered.last_term)
+        let (appender_link, appender) = Appender::spawn(Arc::clone(&shared), recovered.last_term)
             .context(|| "starting the appender thread".into())?;
         let report = recovered.report;
-        Ok(Log { inner: Arc::new(Inner { shared, tx, appender: Mutex::new(Some(appender)), report }) })
+        let appender = Mutex::new(Some(appender));
+        Ok(Log { inner: Arc::new(Inner { shared, appender_link, appender, report }) })
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -187,14 +186,19 @@ impl Log {
     }
 
     pub(crate) fn send(&self, message: Message) -> Result<()> {
+        self.check_open()?;
+        self.inner.appender_link.send(message).map_err(|_| self.shared().poison_error())
+    }
+
+    fn check_open(&self) -> Result<()> {
         let shared = self.shared();
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if shared.poison.get().is_some() {
-            return Err(shared.poison_error());
+        match shared.poison.get() {
+            Some(_) => Err(shared.poison_error()),
+            None => Ok(()),
         }
-        self.inner.tx.send(message).map_err(|_| shared.poison_error())
     }
 
     /// Sends a control message to the appender and waits for its answer.
@@ -209,11 +213,16 @@ impl Log {
     /// A batch is atomic: all of its records become readable at once, or none do. It must
     /// therefore fit in one segment ([`Error::BatchTooLarge`] otherwise).
     pub fn submit(&self, values: Vec<Bytes>) -> Result<AppendTicket> {
+        let (request, ticket) = self.records_request(values)?;
+        self.send(Message::Append(request))?;
+        Ok(ticket)
+    }
+
+    fn records_request(&self, values: Vec<Bytes>) -> Result<(Request, AppendTicket)> {
         let frame_bytes = self.check_batch(values.iter().map(|v| &v[..]))?;
         let (done, rx) = oneshot::channel();
         let done = Done::Offset(OffsetSender::new(done));
-        self.send(Message::Append(Request { payload: Payload::Records(values), frame_bytes, done }))?;
-        Ok(AppendTicket { rx })
+        Ok((Request { payload: Payload::Records(values), frame_bytes, done }, AppendTicket { rx }))
     }
 
     /// The largest batch [`Log::submit`] accepts: one segment's worth.
@@ -228,12 +237,18 @@ impl Log {
     /// Appends one record and waits for it; returns its offset. Blocks the thread: from
     /// async code, `.await` the ticket from [`Log::submit`] instead.
     pub fn append(&self, value: impl Into<Bytes>) -> Result<u64> {
-        self.submit(vec![value.into()])?.wait()
+        self.append_batch(vec![value.into()])
     }
 
-    /// Appends records with contiguous offsets and waits; returns the first offset.
+    /// Appends records with contiguous offsets and waits; returns the first offset. Like
+    /// [`Log::append`], it blocks: when the appender is idle, the write runs on this thread.
     pub fn append_batch(&self, values: Vec<Bytes>) -> Result<u64> {
-        self.submit(values)?.wait()
+        let (request, ticket) = self.records_request(values)?;
+        self.check_open()?;
+        if let Some(request) = self.inner.appender_link.try_inline(request) {
+            self.send(Message::Append(request))?;
+        }
+        ticket.wait()
     }
 
     /// Reads the record at `offset`.
@@ -449,7 +464,7 @@ impl Inner {
         };
         self.shared.closed.store(true, Ordering::Release);
         let (reply, done) = oneshot::channel();
-        let result = match self.tx.send(Message::Close(reply)) {
+        let result = match self.appender_link.send(Message::Close(reply)) {
             Ok(()) => done.recv().unwrap_or_else(|_| Err(self.shared.poison_error())),
             Err(_) => Err(self.shared.poison_error()),
         };
