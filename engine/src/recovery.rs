@@ -97,6 +97,12 @@ struct SegmentFound {
 pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config, unclean: bool) -> Result<Recovered> {
     let meta = MetaFile::load(disk, dir)?.unwrap_or_default();
     let bases = list_segments(disk, dir)?;
+    if unclean && !bases.is_empty() {
+        // The last run may have created segment files whose directory entries no sync
+        // covered yet (a log syncs them with its first data sync): what recovery finds, it
+        // calls durable, so make them durable first.
+        disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
+    }
     let capacity = index::capacity(config.index_bytes_max);
     let place = Place { disk, dir, capacity, config, unclean };
     let mut report = RecoveryReport::default();

@@ -50,8 +50,11 @@ impl Segment {
         Segment { base, store, index }
     }
 
-    /// Creates the files of a new, empty segment. On failure nothing is left behind, so a
-    /// failed roll cannot leave a stray segment after the active one.
+    /// Creates the files of a new, empty segment. Their directory entries are not synced
+    /// here: the log's next sync does it before anything in them is called durable (see
+    /// `Shared::dir_unsynced`), so a fresh log or a roll costs no directory fsync of its
+    /// own. On failure nothing is left behind, so a failed roll cannot leave a stray
+    /// segment after the active one.
     pub(crate) fn create(disk: &dyn Disk, dir: &Path, base: u64, index_capacity: u32) -> Result<Segment> {
         use crate::error::IoContext;
         let store_path = file_path(dir, base, STORE_EXT);
@@ -63,7 +66,6 @@ impl Segment {
             let index_file =
                 disk.open(&index_path, true).context(|| format!("creating {}", index_path.display()))?;
             let index = Index::create(index_file, &index_path, base, index_capacity)?;
-            disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
             Ok(Segment { base, store, index })
         })();
         if created.is_err() {

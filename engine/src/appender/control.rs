@@ -85,6 +85,7 @@ impl Appender {
                 }
                 let capacity = index::capacity(shared.config.index_bytes_max);
                 let active = Arc::new(Segment::create(disk, dir, keep_to, capacity)?);
+                shared.dir_unsynced.store(true, Ordering::SeqCst);
                 shared.segments.write().unwrap_or_else(|p| p.into_inner()).push(active);
             }
             Ok(())
@@ -130,6 +131,7 @@ impl Appender {
             }
             disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
             let fresh = Arc::new(Segment::create(disk, dir, new_first, capacity)?);
+            shared.dir_unsynced.store(true, Ordering::SeqCst);
             let _no_sync = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut segments = shared.segments.write().unwrap_or_else(|p| p.into_inner());
             shared.truncations.fetch_add(1, Ordering::AcqRel);

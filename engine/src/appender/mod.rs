@@ -569,7 +569,10 @@ impl Appender {
         }
         let capacity = index::capacity(self.shared.config.index_bytes_max);
         let next = match Segment::create(self.shared.disk.as_ref(), &self.shared.dir, self.next, capacity) {
-            Ok(next) => Arc::new(next),
+            Ok(next) => {
+                self.shared.dir_unsynced.store(true, Ordering::SeqCst);
+                Arc::new(next)
+            }
             Err(Error::Io { source, .. }) if is_disk_full(&source) => {
                 return Err(Error::DiskFull { path: self.shared.dir.clone(), source });
             }
@@ -625,7 +628,9 @@ impl Appender {
         if self.shared.poison.get().is_some() {
             return Err(self.shared.poison_error());
         }
-        if self.shared.durable_index.load(Ordering::Acquire) >= self.next {
+        if self.shared.durable_index.load(Ordering::Acquire) >= self.next
+            && !self.shared.dir_unsynced.load(Ordering::SeqCst)
+        {
             return Ok(());
         }
         let segment = self.shared.active();

@@ -55,14 +55,19 @@ pub(super) fn spawn_guarded(
 /// The one way the log runs `fdatasync`: serialized, the poison checked under the lock, so
 /// a sync never succeeds after another one failed (Linux reports a writeback error to one
 /// caller per file and drops the pages; a later sync would succeed without them). On
-/// success every index below `upto` (at most the published next index) is durable.
+/// success every index below `upto` (at most the published next index) is durable, and so
+/// are the directory entries of the segments created before it began.
 pub(crate) fn sync_file(shared: &Shared, file: &dyn DiskFile, path: &Path, upto: u64) -> Result<()> {
     let _one_at_a_time = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
     if shared.poison.get().is_some() {
         return Err(shared.poison_error());
     }
     let started = Instant::now();
-    match file.sync_data() {
+    let synced = file
+        .sync_data()
+        .map_err(|source| Error::io(format!("fdatasync of {} failed", path.display()), source))
+        .and_then(|()| shared.sync_dir_if_changed());
+    match synced {
         Ok(()) => {
             shared.stats.record_sync(started.elapsed());
             let published = shared.next_index.load(Ordering::Acquire);
@@ -71,10 +76,9 @@ pub(crate) fn sync_file(shared: &Shared, file: &dyn DiskFile, path: &Path, upto:
             shared.appended.notify(usize::MAX);
             Ok(())
         }
-        Err(source) => {
+        Err(error) => {
             // Never retried: the kernel may have dropped the dirty pages, so a later
             // success would prove nothing.
-            let error = Error::io(format!("fdatasync of {} failed", path.display()), source);
             error!(%error, "poisoning the log");
             shared.set_poison(&error);
             Err(error)

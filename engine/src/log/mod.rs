@@ -140,6 +140,9 @@ impl Log {
             first_index: AtomicU64::new(recovered.first_index),
             next_index: AtomicU64::new(next),
             durable_index: AtomicU64::new(next),
+            // Recovery may have created segment files (a fresh log always does): the first
+            // sync makes their directory entries durable.
+            dir_unsynced: AtomicBool::new(true),
             offsets: RwLock::new(recovered.offsets),
             meta: Mutex::new(recovered.meta),
             meta_unwritten: AtomicBool::new(false),

@@ -43,6 +43,9 @@ pub(crate) struct Shared {
     pub(crate) meta: Mutex<MetaFile>,
     /// A `save_committed` is not in the file yet.
     pub(crate) meta_unwritten: AtomicBool,
+    /// Segment files were created since the directory was last synced: the next sync
+    /// (`sync_file`) syncs it too, before it calls anything durable.
+    pub(crate) dir_unsynced: AtomicBool,
     /// Held while an `fdatasync` runs: the log syncs one file at a time (see `sync_file`).
     pub(crate) sync_lock: Mutex<()>,
     /// Bumped by every suffix truncation, so a reader can tell its read raced with one.
@@ -61,6 +64,17 @@ impl Shared {
     pub(crate) fn active(&self) -> Arc<Segment> {
         let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
         Arc::clone(segments.last().expect("a log always has a segment"))
+    }
+
+    /// Syncs the data directory if segment files were created since it last was.
+    pub(crate) fn sync_dir_if_changed(&self) -> Result<()> {
+        if self.dir_unsynced.swap(false, Ordering::SeqCst) {
+            self.disk.sync_dir(&self.dir).map_err(|source| {
+                self.dir_unsynced.store(true, Ordering::SeqCst);
+                Error::io(format!("syncing directory {}", self.dir.display()), source)
+            })?;
+        }
+        Ok(())
     }
 
     pub(crate) fn set_poison(&self, error: &Error) {
