@@ -281,6 +281,7 @@ impl Log {
         while records.is_empty() && index < visible {
             let entries = shared.read_raw(index, visible, max_records, max_bytes)?;
             index = entries.last().map_or(visible, |e| e.id.index + 1);
+            records.reserve(entries.len());
             let data = entries.into_iter().filter(|e| e.kind == EntryKind::Data);
             records.extend(data.enumerate().map(|(i, e)| Record {
                 offset: offset + i as u64,
