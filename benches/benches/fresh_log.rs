@@ -18,7 +18,9 @@
 //! (`Engine::write` skips an empty batch), so the raft-engine member asks for the sync
 //! with its last batch (`write(batch, true)`), which is how raft-engine users sync; and
 //! `commitlog::CommitLog::flush()` msyncs the index but only calls `File::flush` (a no-op)
-//! on the segment, so the commitlog member also `fdatasync`s the segment file itself.
+//! on the segment, and never syncs the directory that it created the segment in (a power
+//! loss can take the new file with every byte in it), so the commitlog member also
+//! `fdatasync`s the segment file and syncs the directory, as ringlog does.
 
 use std::{
     fs::File,
@@ -165,8 +167,10 @@ fn commitlog_workload(dir: &Path, values: &[Bytes]) {
         log.append(&mut buf).expect("append");
     }
     log.flush().expect("flush");
-    // `flush` does not fdatasync the segment (it calls `File::flush`); do it here.
+    // `flush` does not fdatasync the segment (it calls `File::flush`), and nothing syncs
+    // the directory entry of the new segment; do both here.
     File::open(dir.join(format!("{:020}.log", 0))).expect("segment").sync_data().expect("fdatasync");
+    File::open(dir).expect("directory").sync_all().expect("fsync directory");
     let mut offset = 0u64;
     while offset < values.len() as u64 {
         let messages = log.read(offset, ReadLimit::max_bytes(READ_BYTES)).expect("read");

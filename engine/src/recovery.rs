@@ -70,6 +70,9 @@ pub(crate) struct Recovered {
     pub(crate) first_index: u64,
     /// The term of the last entry (what records appended next are written with).
     pub(crate) last_term: u64,
+    /// Segment files were created whose directory entries are not synced yet (the log's
+    /// first sync does it).
+    pub(crate) created_segments: bool,
 }
 
 /// Where and how segments are recovered.
@@ -87,6 +90,8 @@ struct Place<'a> {
 struct SegmentFound {
     /// Its store was cut.
     cut: bool,
+    /// Its files were made anew (a torn header).
+    recreated: bool,
     /// The term of its last entry, where recovery read it.
     last_term: Option<u64>,
     /// Non-data entries in the frames recovery scanned.
@@ -109,6 +114,7 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config, unclean: boo
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
     let mut last_term = meta.meta.purged.map_or(0, |p| p.term);
     let mut gaps = meta.gaps.clone();
+    let mut created_segments = false;
 
     for (i, &base) in bases.iter().enumerate() {
         let is_last = i + 1 == bases.len();
@@ -130,6 +136,7 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config, unclean: boo
                 segments.push(Arc::new(segment));
                 last_term = found.last_term.unwrap_or(last_term);
                 gaps.extend(found.gaps);
+                created_segments |= found.recreated;
                 let cut = found.cut;
                 if cut && !is_last {
                     report.segments_removed += remove_after(disk, dir, &bases[i + 1..])?;
@@ -155,6 +162,7 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config, unclean: boo
         let (segment, found) = recover_segment(&place, base, true, &mut report)?;
         last_term = found.last_term.unwrap_or(last_term);
         gaps.extend(found.gaps);
+        created_segments |= found.recreated;
         segments.push(Arc::new(segment));
     }
     // A purge that a crash interrupted: the segments wholly at or below it go now.
@@ -173,6 +181,7 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config, unclean: boo
     if segments.is_empty() {
         let base = if meta.meta.purged.is_some() { first_index } else { config.initial_offset };
         segments.push(Arc::new(Segment::create(disk, dir, base, capacity)?));
+        created_segments = true;
     }
     // A version-1 log goes on in version-2 segments: its active segment is sealed.
     let last = segments.last().expect("a segment exists");
@@ -182,6 +191,7 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config, unclean: boo
         let next = last.next_index();
         info!(file = %last.store.path().display(), "sealing a version-1 segment; new entries go to version-2 segments");
         segments.push(Arc::new(Segment::create(disk, dir, next, capacity)?));
+        created_segments = true;
     }
     // Everything recovered is durable: a clean close synced the active store, after an
     // unclean one recovery synced it before scanning, and every cut was synced.
@@ -201,7 +211,7 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config, unclean: boo
         cuts = report.truncated.len(),
         "recovered log"
     );
-    Ok(Recovered { segments, report, meta, offsets, first_index, last_term })
+    Ok(Recovered { segments, report, meta, offsets, first_index, last_term, created_segments })
 }
 
 /// Creates the data directory and any missing directory above it, syncing the parent of
@@ -297,7 +307,7 @@ fn recover_segment(
         warn!(file = %store_path.display(), "recreating a segment whose header was torn");
         report.truncated.push((store_path.clone(), 0, "torn file header".into()));
         let _ = disk.remove(&index_path);
-        let found = SegmentFound { cut: true, last_term: None, gaps: Vec::new() };
+        let found = SegmentFound { cut: true, recreated: true, last_term: None, gaps: Vec::new() };
         return Ok((Segment::create(disk, dir, base, capacity)?, found));
     }
     let store = Store::open(store_file, &store_path, base)?;
@@ -363,7 +373,7 @@ fn recover_segment(
     if !is_last && (on_disk != Some(entries) || !index.is_trimmed()?) {
         index.trim()?;
     }
-    Ok((Segment::new(base, store, index), SegmentFound { cut, last_term, gaps }))
+    Ok((Segment::new(base, store, index), SegmentFound { cut, recreated: false, last_term, gaps }))
 }
 
 /// Whether a store's header never reached the disk whole: the file is shorter than a

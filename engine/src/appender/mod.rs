@@ -12,9 +12,9 @@
 //!
 //! The state sits behind a mutex that the thread holds while it works. A blocking append
 //! (`Log::append`, `Log::append_batch`) whose caller finds the mutex free and nothing
-//! queued writes its group on its own thread ([`AppenderLink::try_inline`]): a lone
-//! producer then pays no hand-off to the thread and no wake-up back (two context switches
-//! per group, most of a 100-record group's cost). A request never overtakes one queued
+//! queued writes its group on its own thread ([`AppenderLink::idle`]): a lone producer
+//! then pays no hand-off to the thread and no wake-up back (two context switches per
+//! group, most of a 100-record group's cost). `Log::sync` does the same. A request never overtakes one queued
 //! before it, so each caller's appends keep their order. Non-blocking submits (the async
 //! service) always go through the channel, so no IO runs on an async runtime's threads.
 //!
@@ -99,39 +99,55 @@ impl AppenderLink {
         })
     }
 
-    /// Writes `request` on the calling thread (encode, write, publish, acknowledge as the
-    /// thread would) if the appender is idle and nothing is queued; otherwise gives the
-    /// request back to be queued. Blocks on IO: never call it from an async task.
-    pub(crate) fn try_inline(&self, request: Request) -> Option<Request> {
+    /// The appender's state, locked for the calling thread, if the appender is idle and
+    /// nothing is queued (so that what the caller does cannot overtake a queued request);
+    /// `None` otherwise. What runs on it blocks on IO: never call it from an async task.
+    pub(crate) fn idle(&self) -> Option<Inline<'_>> {
         if self.queued.load(Ordering::SeqCst) != 0 {
-            return Some(request);
+            return None;
         }
-        let mut appender = match self.state.try_lock() {
+        let appender = match self.state.try_lock() {
             Ok(appender) => appender,
-            Err(TryLockError::WouldBlock) => return Some(request),
-            // A panic while writing poisoned the log too; `commit` fails the request with it.
+            Err(TryLockError::WouldBlock) => return None,
+            // A panic while writing poisoned the log too; the appender fails with it.
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
         };
         if self.queued.load(Ordering::SeqCst) != 0 || appender.stopped {
-            return Some(request);
+            return None;
         }
         let shared = Arc::clone(&appender.shared);
-        let guard = PoisonOnPanic(&shared);
-        appender.commit(vec![request]);
-        let _ = appender.finish_in_flight();
-        std::mem::forget(guard);
-        None
+        Some(Inline { _poison_on_panic: PoisonOnPanic(shared), appender })
     }
 }
 
-/// Poisons the log if a caller's thread panics while it writes inline (the thread's own
-/// panics are caught by `spawn_guarded`): the log's state is unknown from then on.
-struct PoisonOnPanic<'a>(&'a Shared);
+/// The appender run by a caller's thread (see [`AppenderLink::idle`]).
+pub(crate) struct Inline<'a> {
+    // Dropped first: the log is poisoned before the lock is released.
+    _poison_on_panic: PoisonOnPanic,
+    appender: MutexGuard<'a, Appender>,
+}
 
-impl Drop for PoisonOnPanic<'_> {
+impl Inline<'_> {
+    /// Encodes, writes, publishes and acknowledges `request` as the thread would.
+    pub(crate) fn append(mut self, request: Request) {
+        self.appender.commit(vec![request]);
+        let _ = self.appender.finish_in_flight();
+    }
+
+    /// Makes every published entry durable (`Log::sync`).
+    pub(crate) fn sync(mut self) -> Result<()> {
+        self.appender.sync_now()
+    }
+}
+
+/// Poisons the log if a caller's thread panics while it runs the appender (the thread's
+/// own panics are caught by `spawn_guarded`): the log's state is unknown from then on.
+struct PoisonOnPanic(Arc<Shared>);
+
+impl Drop for PoisonOnPanic {
     fn drop(&mut self) {
         if thread::panicking() {
-            self.0.set_poison_reason("a thread panicked while appending inline (see its panic message)");
+            self.0.set_poison_reason("a thread panicked while running the appender inline (see its panic message)");
         }
     }
 }

@@ -140,9 +140,7 @@ impl Log {
             first_index: AtomicU64::new(recovered.first_index),
             next_index: AtomicU64::new(next),
             durable_index: AtomicU64::new(next),
-            // Recovery may have created segment files (a fresh log always does): the first
-            // sync makes their directory entries durable.
-            dir_unsynced: AtomicBool::new(true),
+            dir_unsynced: AtomicBool::new(recovered.created_segments),
             offsets: RwLock::new(recovered.offsets),
             meta: Mutex::new(recovered.meta),
             meta_unwritten: AtomicBool::new(false),
@@ -248,8 +246,9 @@ impl Log {
     pub fn append_batch(&self, values: Vec<Bytes>) -> Result<u64> {
         let (request, ticket) = self.records_request(values)?;
         self.check_open()?;
-        if let Some(request) = self.inner.appender_link.try_inline(request) {
-            self.send(Message::Append(request))?;
+        match self.inner.appender_link.idle() {
+            Some(appender) => appender.append(request),
+            None => self.send(Message::Append(request))?,
         }
         ticket.wait()
     }
@@ -378,7 +377,11 @@ impl Log {
     /// Makes every record appended so far durable (an `fdatasync` of the active segment,
     /// through the appender, so it is ordered after every append submitted before it).
     pub fn sync(&self) -> Result<()> {
-        self.call(Message::Sync)
+        self.check_open()?;
+        match self.inner.appender_link.idle() {
+            Some(appender) => appender.sync(),
+            None => self.call(Message::Sync),
+        }
     }
 
     /// Finishes queued appends, syncs, trims the active index to its real size, stops the
