@@ -445,3 +445,34 @@ fn with_durability_always_readers_never_see_a_record_a_power_loss_could_erase() 
     let log = Log::open("/always", Config { backend: Backend::Simulated(crashed), ..config }).unwrap();
     assert_eq!(log.next_offset(), 1);
 }
+
+/// A blocking append may run the appender on its caller's thread when the appender is
+/// idle; it must never overtake a request its caller (or anyone) queued before it. Each
+/// thread queues two records without waiting, then appends a third and blocks: the third
+/// must land after the first two, and every record must read back as written.
+#[test]
+fn a_blocking_append_never_overtakes_records_queued_before_it() {
+    for f in fixtures(|_| {}) {
+        let log = f.open();
+        std::thread::scope(|scope| {
+            for thread in 0..4u8 {
+                let log = &log;
+                let name = f.name;
+                scope.spawn(move || {
+                    for round in 0..200u32 {
+                        let tag = |n: u8| Bytes::from(format!("{thread}/{round}/{n}"));
+                        let first = log.submit(vec![tag(0)]).unwrap();
+                        let second = log.submit(vec![tag(1)]).unwrap();
+                        let third = log.append(tag(2)).unwrap();
+                        let (first, second) = (first.wait().unwrap(), second.wait().unwrap());
+                        assert!(first < second && second < third, "[{name}] {first} {second} {third}");
+                        for (offset, n) in [(first, 0), (second, 1), (third, 2)] {
+                            assert_eq!(log.read(offset).unwrap().value, tag(n), "[{name}] offset {offset}");
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(log.next_offset(), 4 * 200 * 3, "[{}]", f.name);
+    }
+}

@@ -147,7 +147,9 @@ struct PoisonOnPanic(Arc<Shared>);
 impl Drop for PoisonOnPanic {
     fn drop(&mut self) {
         if thread::panicking() {
-            self.0.set_poison_reason("a thread panicked while running the appender inline (see its panic message)");
+            self.0.set_poison_reason(
+                "a thread panicked while running the appender inline (see its panic message)",
+            );
         }
     }
 }
