@@ -35,6 +35,7 @@ use crate::{
     error::{IoContext, Result},
     header::{self, FileKind},
     io::DiskFile,
+    store::Position,
 };
 
 const ENTRY_LEN: u64 = 8;
@@ -49,13 +50,13 @@ fn file_len(entries: u32) -> u64 {
     header::LEN as u64 + u64::from(entries) * ENTRY_LEN
 }
 
-fn pack(relative: u32, position: u32) -> u64 {
-    (u64::from(position) << 32 | u64::from(relative)).to_le()
+fn pack(relative: u32, position: Position) -> u64 {
+    (position.byte() << 32 | u64::from(relative)).to_le()
 }
 
-fn unpack(entry: u64) -> (u32, u32) {
+fn unpack(entry: u64) -> (u32, Position) {
     let entry = u64::from_le(entry);
-    (entry as u32, (entry >> 32) as u32)
+    (entry as u32, Position::new(entry >> 32))
 }
 
 /// Allocates the blocks of `file` up to `len`, so that touching the map never needs space
@@ -189,7 +190,7 @@ impl Index {
     }
 
     /// Store position of entry `relative`, if it is published.
-    pub(crate) fn position(&self, relative: u32) -> Option<u32> {
+    pub(crate) fn position(&self, relative: u32) -> Option<Position> {
         if relative >= self.len() {
             return None;
         }
@@ -197,12 +198,12 @@ impl Index {
     }
 
     /// The raw entry at `i`, published or not (for recovery).
-    pub(crate) fn raw(&self, i: u32) -> (u32, u32) {
+    pub(crate) fn raw(&self, i: u32) -> (u32, Position) {
         unpack(self.entries()[i as usize].load(Ordering::Relaxed))
     }
 
     /// Appends the next entry without publishing it. Only the appender calls this.
-    pub(crate) fn push_unpublished(&self, pending: u32, position: u32) {
+    pub(crate) fn push_unpublished(&self, pending: u32, position: Position) {
         let relative = self.len() + pending;
         assert!(relative < self.capacity, "index entry {relative} past capacity {}", self.capacity);
         self.store(relative, pack(relative, position));
@@ -240,7 +241,7 @@ impl Index {
         let mut previous = None;
         for i in 0..self.capacity {
             let (relative, position) = self.raw(i);
-            let position = u64::from(position);
+            let position = position.byte();
             let ordered = previous.is_none_or(|p| position > p);
             if relative != i || position < header::LEN as u64 || position >= store_len || !ordered {
                 return i;
@@ -256,7 +257,7 @@ impl Index {
 
     /// Replaces every entry with `positions` and zeroes the rest, so a stale entry can
     /// never be mistaken for a live one later. Recovery only, before the index is shared.
-    pub(crate) fn rebuild(&self, positions: &[u32]) {
+    pub(crate) fn rebuild(&self, positions: &[Position]) {
         assert!(positions.len() <= self.capacity as usize);
         for (i, entry) in self.entries().iter().enumerate() {
             let value = positions.get(i).map_or(0, |&position| pack(i as u32, position));
@@ -306,12 +307,12 @@ mod tests {
         for (disk, path, _dir) in disks() {
             let index = Index::create(disk.open(&path, true).unwrap(), &path, 0, capacity(1024)).unwrap();
             assert_eq!(index.position(0), None);
-            index.push_unpublished(0, 32);
-            index.push_unpublished(1, 42);
+            index.push_unpublished(0, Position::new(32));
+            index.push_unpublished(1, Position::new(42));
             assert_eq!(index.position(0), None, "unpublished entries are invisible");
             index.publish(2);
-            assert_eq!(index.position(0), Some(32));
-            assert_eq!(index.position(1), Some(42));
+            assert_eq!(index.position(0), Some(Position::new(32)));
+            assert_eq!(index.position(1), Some(Position::new(42)));
             assert_eq!(index.position(2), None);
             index.trim().unwrap();
             drop(index);
@@ -335,7 +336,7 @@ mod tests {
                 Index::create(disk.open(&path, true).unwrap(), &path, 0, capacity(32 + 8 * 3 + 7)).unwrap();
             for i in 0..3 {
                 assert!(index.room() > 0);
-                index.push_unpublished(0, 32 + i);
+                index.push_unpublished(0, Position::new(32 + i));
                 index.publish(1);
             }
             assert_eq!(index.room(), 0);
@@ -346,8 +347,8 @@ mod tests {
     fn zero_filled_tail_after_an_unclean_stop_is_not_trusted() {
         for (disk, path, _dir) in disks() {
             let index = Index::create(disk.open(&path, true).unwrap(), &path, 0, 100).unwrap();
-            index.push_unpublished(0, 32);
-            index.push_unpublished(1, 60);
+            index.push_unpublished(0, Position::new(32));
+            index.push_unpublished(1, Position::new(60));
             index.publish(2);
             drop(index); // no trim: the file keeps its preallocated zero tail
             let file = disk.open(&path, false).unwrap();

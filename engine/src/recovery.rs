@@ -42,7 +42,7 @@ use crate::{
     offsets::OffsetMap,
     record::{self, Format},
     segment::{self, INDEX_EXT, STORE_EXT, Segment},
-    store::{self, Store},
+    store::{self, Position, Store},
 };
 
 /// What recovery found and changed.
@@ -327,15 +327,15 @@ fn recover_segment(
         }
     };
     let trusted = if is_last || config.verify_on_open { 0 } else { on_disk.unwrap_or(0) };
-    let mut positions: Vec<u32> = (0..trusted).map(|i| index.raw(i).1).collect();
+    let mut positions: Vec<Position> = (0..trusted).map(|i| index.raw(i).1).collect();
     // The last trusted entry must point at the frame of the offset it claims.
     let mut scan_from = store::HEADER_LEN as u64;
     let mut last_term = None;
     if let Some(&last) = positions.last() {
         let expected = base + positions.len() as u64 - 1;
-        match frame_at(store.file().as_ref(), u64::from(last), store_len, format) {
+        match frame_at(store.file().as_ref(), last.byte(), store_len, format) {
             Ok(header) if header.id.index == expected => {
-                scan_from = u64::from(last) + header.frame_len() as u64;
+                scan_from = last.byte() + header.frame_len() as u64;
                 last_term = Some(header.id.term);
             }
             _ => positions.clear(),
@@ -423,7 +423,7 @@ fn frame_at(
 /// What scanning collects: each valid frame's position, the last term, the non-data
 /// entries.
 struct Frames<'a> {
-    positions: &'a mut Vec<u32>,
+    positions: &'a mut Vec<Position>,
     last_term: Option<u64>,
     gaps: Vec<u64>,
 }
@@ -478,7 +478,7 @@ fn scan(
         if let Some(term) = frames.last_term.filter(|&term| header.id.term < term) {
             return stop(position, format!("frame of term {} follows one of term {term}", header.id.term));
         }
-        frames.positions.push(u32::try_from(position).expect("store_bytes_max fits u32"));
+        frames.positions.push(Position::new(position));
         frames.last_term = Some(header.id.term);
         if header.kind != EntryKind::Data {
             frames.gaps.push(expected);

@@ -16,7 +16,7 @@ use crate::{
     index::Index,
     io::Disk,
     record,
-    store::Store,
+    store::{Position, Store},
 };
 
 pub(crate) const STORE_EXT: &str = "store";
@@ -107,19 +107,20 @@ impl Segment {
         let start = self.index.position(first).filter(|_| first < published).ok_or_else(truncated)?;
         // Find how many frames fit, using the index for frame boundaries.
         let mut count = 0u32;
-        let mut end = u64::from(start);
+        let start = start.byte();
+        let mut end = start;
         while count < published - first && (count as usize) < max_entries.max(1) {
             let next = self.frame_end(first + count, published);
             if next <= end {
                 return Err(truncated());
             }
-            if count > 0 && (next - u64::from(start)) as usize > max_bytes {
+            if count > 0 && (next - start) as usize > max_bytes {
                 break;
             }
             end = next;
             count += 1;
         }
-        let bytes = self.store.read(u64::from(start), (end - u64::from(start)) as usize)?;
+        let bytes = self.store.read(start, (end - start) as usize)?;
         let format = self.store.format();
         let mut entries = Vec::with_capacity(count as usize);
         let mut at = 0usize;
@@ -127,7 +128,7 @@ impl Segment {
             let expected = index + u64::from(i);
             // Decoded in place: only the value becomes a `Bytes` of its own.
             let frame = &bytes[at..];
-            let position = u64::from(start) + at as u64;
+            let position = start + at as u64;
             let value_len_max = frame.len().saturating_sub(format.header_len()) as u32;
             let header = record::decode_header_as(frame, value_len_max, format)
                 .map_err(|e| Error::corrupt(self.store.path(), position, e))?;
@@ -157,7 +158,7 @@ impl Segment {
     /// Store position just past the frame of entry `relative`.
     fn frame_end(&self, relative: u32, published: u32) -> u64 {
         match self.index.position(relative + 1) {
-            Some(next) if relative + 1 < published => u64::from(next),
+            Some(next) if relative + 1 < published => next.byte(),
             _ => self.store.size(),
         }
     }
@@ -166,7 +167,7 @@ impl Segment {
     /// next index).
     pub(crate) fn frame_start(&self, index: u64) -> u64 {
         let relative = u32::try_from(index - self.base).expect("index within segment");
-        self.index.position(relative).map_or(self.size(), u64::from)
+        self.index.position(relative).map_or(self.size(), Position::byte)
     }
 
     /// Unlinks the segment's files; open handles keep working until dropped.

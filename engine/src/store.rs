@@ -23,6 +23,25 @@ use crate::{
 /// Bytes before the first frame of a store file.
 pub(crate) const HEADER_LEN: usize = header::LEN;
 
+/// Where a frame starts in a store file, in bytes. A store holds at most
+/// `store_bytes_max` bytes, which fits `u32`, so an index entry keeps a position in four
+/// bytes. A type of its own so that a position and a relative index (both `u32` in an
+/// index entry) cannot be swapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Position(u32);
+
+impl Position {
+    /// The position of byte `byte`; panics past `u32::MAX` (`Config::validate` keeps
+    /// `store_bytes_max` below it).
+    pub(crate) fn new(byte: u64) -> Position {
+        Position(u32::try_from(byte).expect("store_bytes_max fits u32"))
+    }
+
+    pub(crate) fn byte(self) -> u64 {
+        u64::from(self.0)
+    }
+}
+
 pub(crate) struct Store {
     path: PathBuf,
     file: Arc<dyn DiskFile>,

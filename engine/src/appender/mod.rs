@@ -63,6 +63,7 @@ use crate::{
     log::Shared,
     record,
     segment::Segment,
+    store::Position,
 };
 
 /// A group commit handed to the backend and not yet published: with io_uring the
@@ -444,7 +445,7 @@ impl Appender {
             let flight_len = self.in_flight.as_ref().map_or(0, |f| f.len);
             let first = next_offset;
             let mut push = |this: &mut Self, position: u64, data: bool| {
-                let position = u32::try_from(position).expect("store_bytes_max fits u32");
+                let position = Position::new(position);
                 segment.index.push_unpublished(flight_entries_of(&this.in_flight) + entries, position);
                 entries += 1;
                 if data {
