@@ -100,6 +100,20 @@ impl Segment {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        self.read_entries_into(index, max_entries, max_bytes, &mut |entry| entries.push(entry))?;
+        Ok(entries)
+    }
+
+    /// [`Segment::read_entries`], handing each entry to `each` as it is decoded (a reader
+    /// that wants records builds them straight away); returns how many there were.
+    pub(crate) fn read_entries_into(
+        &self,
+        index: u64,
+        max_entries: usize,
+        max_bytes: usize,
+        each: &mut dyn FnMut(Entry),
+    ) -> Result<u32> {
         let published = self.index.len();
         let first = u32::try_from(index - self.base).expect("index within the segment");
         // A suffix truncation may have cut the segment since the caller looked.
@@ -122,7 +136,6 @@ impl Segment {
         }
         let bytes = self.store.read(start, (end - start) as usize)?;
         let format = self.store.format();
-        let mut entries = Vec::with_capacity(count as usize);
         let mut at = 0usize;
         for i in 0..count {
             let expected = index + u64::from(i);
@@ -150,9 +163,9 @@ impl Segment {
                 ));
             }
             at += len;
-            entries.push(entry);
+            each(entry);
         }
-        Ok(entries)
+        Ok(count)
     }
 
     /// Store position just past the frame of entry `relative`.

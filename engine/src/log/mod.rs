@@ -278,15 +278,18 @@ impl Log {
         }
         let mut records = Vec::new();
         while records.is_empty() && index < visible {
-            let entries = shared.read_raw(index, visible, max_records, max_bytes)?;
-            index = entries.last().map_or(visible, |e| e.id.index + 1);
-            records.reserve(entries.len());
-            let data = entries.into_iter().filter(|e| e.kind == EntryKind::Data);
-            records.extend(data.enumerate().map(|(i, e)| Record {
-                offset: offset + i as u64,
-                timestamp_ms: e.timestamp_ms,
-                value: e.payload,
-            }));
+            // Records are built as the frames are decoded, with no list of entries between.
+            let mut next_offset = offset;
+            index = shared.read_raw_into(index, visible, max_records, max_bytes, &mut |e| {
+                if e.kind == EntryKind::Data {
+                    records.push(Record {
+                        offset: next_offset,
+                        timestamp_ms: e.timestamp_ms,
+                        value: e.payload,
+                    });
+                    next_offset += 1;
+                }
+            })?;
         }
         match records.is_empty() {
             true => Err(Error::OffsetNotWritten { offset, next }),

@@ -150,6 +150,22 @@ impl Shared {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        self.read_raw_into(index, end, max_entries, max_bytes, &mut |entry| entries.push(entry))?;
+        Ok(entries)
+    }
+
+    /// [`Shared::read_raw`], handing each entry to `each`; returns the index after the
+    /// last one. On an error the caller drops what `each` was given: it may be part of a
+    /// suffix that a truncation removed meanwhile.
+    pub(crate) fn read_raw_into(
+        &self,
+        index: u64,
+        end: u64,
+        max_entries: usize,
+        max_bytes: usize,
+        each: &mut dyn FnMut(Entry),
+    ) -> Result<u64> {
         let epoch = self.truncations.load(Ordering::Acquire);
         let segment = {
             let segments = self.segments();
@@ -162,16 +178,17 @@ impl Shared {
         let result = if available == 0 {
             Err(Error::Truncated { index })
         } else {
-            segment.read_entries(index, max_entries.min(available as usize), max_bytes)
+            segment.read_entries_into(index, max_entries.min(available as usize), max_bytes, each)
         };
+        let after = index + u64::from(*result.as_ref().unwrap_or(&0));
         if self.truncations.load(Ordering::Acquire) != epoch {
             let next = self.next_index.load(Ordering::Acquire);
             match &result {
-                Ok(entries) if entries.last().is_some_and(|e| e.id.index < next) => {}
+                Ok(count) if *count > 0 && after <= next => {}
                 _ => return Err(Error::Truncated { index }),
             }
         }
-        result
+        result.map(|_| after)
     }
 
     /// Removes leading sealed segments while `drop` says so; the first index follows.
