@@ -2,6 +2,8 @@
 //! (criterion's groups are in `benches/`). Usage:
 //! `append_profile BACKEND SIZE RECORDS BATCH BATCH_BYTES_MAX DURABILITY APPENDERS WINDOW`
 //! with BACKEND `pwrite|io_uring` and DURABILITY `none|always`; every argument is optional.
+//! WINDOW 0 appends with the blocking `Log::append_batch` instead of tickets.
+
 use ringlog_benches::{backend_named, drive_engine, static_value};
 use ringlog_engine::{Config, Durability, Log};
 

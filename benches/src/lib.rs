@@ -59,13 +59,20 @@ pub fn static_value(size: usize) -> Bytes {
 
 /// Appends `records` records from `appenders` threads (pass a [`static_value`]). Each thread submits `batch`
 /// records per append and keeps up to `window` appends in flight (1 = a closed-loop
-/// client that waits for each acknowledgement).
+/// client that waits for each acknowledgement). `window` 0 calls the blocking
+/// `Log::append_batch` instead, which runs the appender on the calling thread when it is idle.
 pub fn drive_engine(log: &Log, appenders: usize, window: usize, batch: usize, records: u64, value: &Bytes) {
     let per_thread = records / appenders as u64 / batch as u64;
     let values: Vec<Bytes> = vec![value.clone(); batch];
     thread::scope(|scope| {
         for _ in 0..appenders {
             scope.spawn(|| {
+                if window == 0 {
+                    for _ in 0..per_thread {
+                        log.append_batch(values.clone()).expect("append");
+                    }
+                    return;
+                }
                 let mut in_flight: VecDeque<AppendTicket> = VecDeque::with_capacity(window);
                 for _ in 0..per_thread {
                     if in_flight.len() == window {
