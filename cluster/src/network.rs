@@ -98,6 +98,8 @@ struct NetConfig {
     cluster: Arc<str>,
     connect_timeout: Duration,
     message_bytes_max: usize,
+    /// Used when openraft suggests no chunk size.
+    snapshot_chunk_bytes: usize,
 }
 
 /// openraft's network factory for one node: see the module docs.
@@ -120,6 +122,7 @@ impl Network {
             cluster: config.cluster_name.as_str().into(),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             message_bytes_max: config.message_bytes_max(),
+            snapshot_chunk_bytes: usize::try_from(config.snapshot_chunk_bytes).unwrap_or(usize::MAX),
         };
         Network { id, config, faults, channels: Arc::default() }
     }
@@ -160,6 +163,7 @@ impl Network {
         PeerClient {
             from: self.id,
             target,
+            snapshot_chunk_bytes: self.config.snapshot_chunk_bytes,
             cluster: self.config.cluster.clone(),
             faults: self.faults.clone(),
             client,
@@ -179,6 +183,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     from: NodeId,
     target: NodeId,
+    snapshot_chunk_bytes: usize,
     cluster: Arc<str>,
     faults: Faults,
     client: Result<RaftClient<Channel>, Arc<str>>,
@@ -270,6 +275,21 @@ impl PeerClient {
     }
 }
 
+/// The messages of a snapshot stream: `start`, then `data` in chunks of `chunk_bytes` (at
+/// most [`SNAPSHOT_CHUNK_BYTES_MAX`]), each a slice of `data`, not a copy.
+fn snapshot_messages(
+    start: SnapshotStart,
+    data: Bytes,
+    chunk_bytes: usize,
+) -> impl Iterator<Item = SnapshotChunk> {
+    let chunk_bytes = chunk_bytes.clamp(1, SNAPSHOT_CHUNK_BYTES_MAX);
+    let chunks =
+        (0..data.len()).step_by(chunk_bytes).map(move |at| data.slice(at..data.len().min(at + chunk_bytes)));
+    std::iter::once(snapshot_chunk::Kind::Start(start))
+        .chain(chunks.map(snapshot_chunk::Kind::Chunk))
+        .map(|kind| SnapshotChunk { kind: Some(kind) })
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SnapshotData;
 
@@ -309,10 +329,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.ready()?;
         let ttl = option.soft_ttl();
-        let chunk_bytes = option
-            .snapshot_chunk_size()
-            .unwrap_or(SNAPSHOT_CHUNK_BYTES_MAX)
-            .clamp(1, SNAPSHOT_CHUNK_BYTES_MAX);
+        let chunk_bytes = option.snapshot_chunk_size().unwrap_or(self.snapshot_chunk_bytes);
         let data = snapshot.snapshot.as_bytes().clone();
         let start = SnapshotStart {
             header: Some(self.header()),
@@ -324,18 +341,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         // Each message the transport takes is progress; the watchdog below times out when the
         // receiver has taken nothing (or, after the last chunk, answered nothing) for `ttl`.
         let progress = Arc::new(Mutex::new(Instant::now()));
-        let chunks = (0..data.len())
-            .step_by(chunk_bytes)
-            .map(move |at| data.slice(at..(at + chunk_bytes).min(data.len())));
-        let messages = std::iter::once(snapshot_chunk::Kind::Start(start))
-            .chain(chunks.map(snapshot_chunk::Kind::Chunk))
-            .map({
-                let progress = progress.clone();
-                move |kind| {
-                    *progress.lock().unwrap() = Instant::now();
-                    SnapshotChunk { kind: Some(kind) }
-                }
-            });
+        let messages = snapshot_messages(start, data, chunk_bytes).inspect({
+            let progress = progress.clone();
+            move |_| *progress.lock().unwrap() = Instant::now()
+        });
         let call = client.install_snapshot(futures_util::stream::iter(messages));
         let watchdog = async {
             loop {
@@ -358,5 +367,52 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             () = watchdog => Err(StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, ttl))),
             closed = cancel => Err(StreamingError::Closed(closed)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(data: &Bytes, chunk_bytes: usize) -> Vec<Bytes> {
+        let mut messages = snapshot_messages(SnapshotStart::default(), data.clone(), chunk_bytes);
+        assert!(matches!(messages.next().unwrap().kind, Some(snapshot_chunk::Kind::Start(_))));
+        messages
+            .map(|m| match m.kind {
+                Some(snapshot_chunk::Kind::Chunk(c)) => c,
+                other => panic!("not a chunk: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_is_sent_as_start_then_in_order_chunks_of_the_chosen_size() {
+        let data = Bytes::from((0..100u8).collect::<Vec<_>>());
+        let sent = chunks(&data, 7);
+        assert_eq!(sent.len(), 15);
+        assert!(sent[..14].iter().all(|c| c.len() == 7) && sent[14].len() == 2);
+        assert_eq!(sent.concat(), data);
+        assert_eq!(chunks(&data, 0).len(), 100, "a zero chunk size is one byte");
+        assert_eq!(chunks(&Bytes::new(), 7).len(), 0, "empty data is the start message alone");
+    }
+
+    #[test]
+    fn snapshot_chunks_never_exceed_the_transport_limit() {
+        let data = Bytes::from(vec![0u8; SNAPSHOT_CHUNK_BYTES_MAX * 2 + 1]);
+        let sent = chunks(&data, usize::MAX);
+        assert_eq!(
+            sent.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX, 1]
+        );
+    }
+
+    #[test]
+    fn the_fault_switch_cuts_and_heals() {
+        let faults = Faults::new();
+        let other_handle = faults.clone();
+        faults.cut([2, 3]);
+        assert!(other_handle.is_cut(2) && other_handle.is_cut(3) && !other_handle.is_cut(1));
+        other_handle.heal();
+        assert!(!faults.is_cut(2));
     }
 }
