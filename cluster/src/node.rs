@@ -209,7 +209,16 @@ impl Node {
         let pristine = is_pristine(&log)?;
 
         let network = Network::new(id, &config, faults.clone());
-        let raft = Raft::new(id, raft_config, network.clone(), store, sm).await?;
+        let raft = match Raft::new(id, raft_config, network.clone(), store, sm).await {
+            Ok(raft) => raft,
+            Err(fatal) => {
+                // Release the directory, so that a caller may try again in this process.
+                if let Err(e) = log.close() {
+                    tracing::warn!(node = id, "closing the log after a failed start: {e}");
+                }
+                return Err(fatal.into());
+            }
+        };
         let service = RaftService::new(
             raft.clone(),
             log.clone(),

@@ -182,3 +182,48 @@ async fn a_partitioned_leader_acknowledges_nothing_and_loses_its_uncommitted_ent
     let values: BTreeSet<Bytes> = entries(cluster.node(old).log()).into_iter().map(|e| e.3).collect();
     assert!(!values.contains(&lost_value), "the unacknowledged entry survived on the old leader");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_is_a_one_voter_cluster() {
+    let mut cluster = Cluster::start(1).await;
+    assert_eq!(cluster.leader(&[1]).await, 1);
+    let written = values("alone", 0..5);
+    write_in_order(&cluster, 1, 0, &written).await;
+    assert_records(&cluster, &[1], &written).await;
+
+    // Restarted with a log, it does not initialize again: it elects itself and goes on.
+    cluster.stop(1).await;
+    cluster.restart(1).await;
+    assert_eq!(cluster.leader(&[1]).await, 1);
+    let more = values("again", 5..6);
+    write_in_order(&cluster, 1, 5, &more).await;
+    let voters: Vec<NodeId> = cluster
+        .node(1)
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voters, [1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_failure_stops_the_node_and_is_reported_while_the_majority_goes_on() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+
+    // The follower's log fails every call from now on, as after an IO error.
+    cluster.node(follower).log().close().unwrap();
+    let written = values("after-failure", 0..3);
+    write_in_order(&cluster, leader, 0, &written).await;
+
+    let fatal =
+        tokio::time::timeout(WAIT, cluster.node(follower).fatal()).await.expect("no fatal error reported");
+    assert!(matches!(fatal, openraft::error::Fatal::StorageError(_)), "{fatal}");
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != follower).collect();
+    assert_replicas_agree(&cluster, leader, &others).await;
+    assert_records(&cluster, &others, &written).await;
+}
