@@ -1,4 +1,5 @@
-//! ringlog's replication layer: openraft's storage traits over the ringlog engine.
+//! ringlog's replication layer: openraft over the ringlog engine, with its storage, its gRPC
+//! transport and the nodes that run it.
 //!
 //! A ringlog cluster is openraft running over one log per node, and that log is the record log
 //! itself (`replication.md`, decision 2): every Raft entry (a record, a blank entry or a
@@ -49,6 +50,8 @@
 //! })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+#![forbid(unsafe_code)]
 
 mod codec;
 pub mod log_store;
