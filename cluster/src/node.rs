@@ -106,8 +106,8 @@ pub struct ClusterConfig {
     pub snapshot_chunk_bytes: u64,
     /// Largest snapshot this node accepts from a leader.
     pub snapshot_bytes_max: u64,
-    /// Entries in one append at most (openraft's `max_payload_entries`); with the engine's
-    /// `record_bytes_max` it sizes the transport's message limit.
+    /// Entries in one append at most (openraft's `max_payload_entries`); it is one of the
+    /// terms of the transport's message limit ([`ClusterConfig::message_bytes_max`]).
     pub max_payload_entries: u64,
     /// Deadline for opening a connection to a peer.
     pub connect_timeout_ms: u64,
@@ -160,10 +160,16 @@ impl ClusterConfig {
         .validate()
     }
 
-    /// The largest `raft.v1` message: a full append of records of the largest size.
+    /// The largest `raft.v1` message: one append. openraft replicates what
+    /// `limited_get_log_entries` returns, which is one engine read of about
+    /// [`READ_BATCH_BYTES`](crate::READ_BATCH_BYTES) of frames, or a single record when it is
+    /// larger, and at most `max_payload_entries` entries.
     pub fn message_bytes_max(&self) -> usize {
-        let entry = u64::from(self.engine.record_bytes_max) + 64;
-        let append = self.max_payload_entries.saturating_mul(entry).saturating_add(64 << 10);
+        let per_entry = 64; // an entry's header in the append layout, with room to spare
+        let append = (crate::READ_BATCH_BYTES as u64)
+            .saturating_add(u64::from(self.engine.record_bytes_max))
+            .saturating_add(self.max_payload_entries.saturating_mul(per_entry))
+            .saturating_add(64 << 10);
         usize::try_from(append.max(4 << 20)).unwrap_or(usize::MAX)
     }
 }

@@ -57,9 +57,22 @@ async fn assert_records(cluster: &Cluster, ids: &[NodeId], values: &[Bytes]) {
 /// `first..`.
 async fn write_in_order(cluster: &Cluster, leader: NodeId, first: u64, values: &[Bytes]) {
     for (i, value) in values.iter().enumerate() {
-        let ack = cluster.node(leader).write(value.clone()).await.unwrap();
+        let ack = tokio::time::timeout(WAIT, cluster.node(leader).write(value.clone()))
+            .await
+            .unwrap_or_else(|_| panic!("write {i} not acknowledged within {WAIT:?}"))
+            .unwrap();
         assert_eq!(ack.offset, first + i as u64, "offset of {value:?}");
     }
+}
+
+/// Writes `values` at once on `leader`; their acknowledgements in the same order.
+async fn write_concurrently(
+    cluster: &Cluster,
+    leader: NodeId,
+    values: &[Bytes],
+) -> Vec<Result<ringlog_cluster::Ack, ringlog_cluster::WriteError>> {
+    let writes = futures_util::future::join_all(values.iter().map(|v| cluster.node(leader).write(v.clone())));
+    tokio::time::timeout(WAIT, writes).await.expect("writes not acknowledged in time")
 }
 
 fn values(prefix: &str, range: std::ops::Range<u64>) -> Vec<Bytes> {
@@ -77,9 +90,7 @@ async fn three_nodes_elect_a_leader_and_replicate_records_at_offsets_from_zero()
     // Concurrent writes get distinct offsets that continue the sequence; openraft batches
     // them into shared appends.
     let concurrent = values("concurrent", 30..60);
-    let acks =
-        futures_util::future::join_all(concurrent.iter().map(|v| cluster.node(leader).write(v.clone())))
-            .await;
+    let acks = write_concurrently(&cluster, leader, &concurrent).await;
     let mut by_offset = vec![Bytes::new(); concurrent.len()];
     for (ack, value) in acks.into_iter().zip(&concurrent) {
         let offset = ack.unwrap().offset;
@@ -226,4 +237,25 @@ async fn a_storage_failure_stops_the_node_and_is_reported_while_the_majority_goe
     let others: Vec<NodeId> = (1..=3).filter(|&id| id != follower).collect();
     assert_replicas_agree(&cluster, leader, &others).await;
     assert_records(&cluster, &others, &written).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_the_largest_size_replicate_within_the_message_limit() {
+    // Records up to 6 MiB: an append of one is larger than gRPC's usual 4 MiB message limit,
+    // so the transport must size its limit from the engine's.
+    let mut config = common::config();
+    config.engine.record_bytes_max = 6 << 20;
+    let cluster = Cluster::start_with(3, 1..=3, config).await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let mut written = vec![Bytes::from(vec![7u8; 5 << 20])];
+    // Many small ones at once too: appends then carry about a megabyte of them each.
+    let small: Vec<Bytes> = (0..8u8).map(|i| Bytes::from(vec![i; 300 << 10])).collect();
+    write_in_order(&cluster, leader, 0, &written).await;
+    let acks = write_concurrently(&cluster, leader, &small).await;
+    written.resize(1 + small.len(), Bytes::new());
+    for (ack, value) in acks.into_iter().zip(&small) {
+        written[ack.unwrap().offset as usize] = value.clone();
+    }
+    assert_replicas_agree(&cluster, leader, &[1, 2, 3]).await;
+    assert_records(&cluster, &[1, 2, 3], &written).await;
 }

@@ -100,6 +100,15 @@ impl Cluster {
 
     /// A cluster of `n` peers of which only `running` are started.
     pub async fn start_some(n: u64, running: impl IntoIterator<Item = NodeId>) -> Cluster {
+        Self::start_with(n, running, config()).await
+    }
+
+    /// A cluster of `n` peers with settings `config`, of which only `running` are started.
+    pub async fn start_with(
+        n: u64,
+        running: impl IntoIterator<Item = NodeId>,
+        config: ClusterConfig,
+    ) -> Cluster {
         init_tracing();
         let root = tempfile::tempdir().unwrap();
         let mut listeners = BTreeMap::new();
@@ -121,7 +130,7 @@ impl Cluster {
                 (id, member)
             })
             .collect();
-        let mut cluster = Cluster { _root: root, peers, config: config(), members };
+        let mut cluster = Cluster { _root: root, peers, config, members };
         let running: Vec<_> = running.into_iter().collect();
         for (id, listener) in listeners {
             if running.contains(&id) {
