@@ -5,7 +5,8 @@
 //! [`Channel`] per peer, cached by node id and address: openraft asks for a client every time
 //! it (re)starts replication to a peer, and a channel per client would reconnect every time
 //! (the pitfall of openraft's gRPC example). A channel connects on its first call and
-//! reconnects by itself after the peer went away.
+//! reconnects by itself after the peer went away. Snapshots use a second cached channel per
+//! peer, so that a long transfer does not hold up votes and heartbeats.
 //!
 //! Every call is bounded by openraft's [`RPCOption::soft_ttl`]; a full snapshot uses it per
 //! chunk (the time the receiver may take to accept the next chunk, or to answer after the
@@ -108,7 +109,15 @@ pub struct Network {
     id: NodeId,
     config: NetConfig,
     faults: Faults,
-    channels: Arc<Mutex<HashMap<NodeId, CachedChannel>>>,
+    channels: Arc<Mutex<HashMap<(NodeId, Lane), CachedChannel>>>,
+}
+
+/// Which connection to a peer a call uses. Snapshots get their own, so that a large transfer
+/// never queues votes, appends and heartbeats behind it in one HTTP/2 connection's window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    Raft,
+    Snapshot,
 }
 
 /// A peer's address and the channel to it (or why there is none: a bad address).
@@ -130,9 +139,9 @@ impl Network {
     /// The cached channel to `target` at `addr`, created (unconnected) on first use, and
     /// replaced if the peer's address changed. A bad address is kept as its error, which every
     /// call then reports as `Unreachable`.
-    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, Arc<str>> {
+    fn channel(&self, target: NodeId, lane: Lane, addr: &str) -> Result<Channel, Arc<str>> {
         let mut channels = self.channels.lock().unwrap();
-        if let Some((cached_addr, channel)) = channels.get(&target)
+        if let Some((cached_addr, channel)) = channels.get(&(target, lane))
             && cached_addr == addr
         {
             return channel.clone();
@@ -149,13 +158,17 @@ impl Network {
                     .connect_lazy()
             })
             .map_err(|e| Arc::<str>::from(format!("bad address {addr:?} for node {target}: {e}")));
-        channels.insert(target, (addr.to_owned(), channel.clone()));
+        channels.insert((target, lane), (addr.to_owned(), channel.clone()));
         channel
     }
 
-    /// A client for `target`, sharing the cached channel.
+    /// A client for `target`, sharing the cached channel for votes and appends.
     pub fn client(&self, target: NodeId, peer: &Peer) -> PeerClient {
-        let client = self.channel(target, &peer.addr).map(|channel| {
+        self.client_on(target, Lane::Raft, peer)
+    }
+
+    fn client_on(&self, target: NodeId, lane: Lane, peer: &Peer) -> PeerClient {
+        let client = self.channel(target, lane, &peer.addr).map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(self.config.message_bytes_max)
                 .max_encoding_message_size(self.config.message_bytes_max)
@@ -176,6 +189,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Peer) -> PeerClient {
         self.client(target, node)
+    }
+
+    async fn new_snapshot_client(&mut self, target: NodeId, node: &Peer) -> PeerClient {
+        self.client_on(target, Lane::Snapshot, node)
     }
 }
 
