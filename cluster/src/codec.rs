@@ -14,6 +14,23 @@
 //! log id option       present u8 (0 or 1) | if present: term u64, index u64
 //! ```
 //!
+//! The Raft transport (`raft.v1`, see [`crate::network`]) carries openraft's messages in these
+//! layouts; `vote body` is the vote's layout without its version byte:
+//!
+//! ```text
+//! append request      version=1 u8 | vote body | prev log id option | leader commit log id option
+//!                                  | entries u32 | per entry: term u64, index u64, kind u8, then
+//!                                  |   kind 0 (blank):      nothing
+//!                                  |   kind 1 (data):       timestamp_ms u64, len u32, value
+//!                                  |   kind 2 (membership): len u32, membership
+//! append response     version=1 u8 | tag u8: 0 success | 1 partial success, log id option
+//!                                  |         2 conflict | 3 higher vote, vote body
+//! vote request        version=1 u8 | vote body | last log id option | leadership transfer u8 (0 or 1)
+//! vote response       version=1 u8 | vote body | granted u8 (0 or 1) | last log id option
+//! snapshot meta       version=1 u8 | last log id option | membership log id option
+//!                                  | membership_len u32 | membership
+//! ```
+//!
 //! An openraft entry maps to an engine entry of the same `(term, index)`:
 //!
 //! | openraft payload   | engine kind  | engine payload             | `timestamp_ms`          |
@@ -28,9 +45,12 @@ use std::io;
 use bytes::{BufMut, Bytes, BytesMut};
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
 use ringlog_engine::{EntryId, EntryKind};
 
-use crate::types::{Entry, LogId, Membership, NodeId, Peer, Record, StoredMembership, Vote, log_id};
+use crate::types::{
+    Entry, LogId, Membership, NodeId, Peer, Record, SnapshotMeta, StoredMembership, TypeConfig, Vote, log_id,
+};
 
 const VERSION: u8 = 1;
 const VOTE_BYTES: usize = 1 + 8 + 8 + 1;
@@ -72,9 +92,7 @@ pub(crate) fn from_engine(entry: ringlog_engine::Entry) -> io::Result<Entry> {
 pub(crate) fn encode_vote(vote: &Vote) -> Bytes {
     let mut b = BytesMut::with_capacity(VOTE_BYTES);
     b.put_u8(VERSION);
-    b.put_u64_le(vote.leader_id().term);
-    b.put_u64_le(vote.leader_id().voted_for);
-    b.put_u8(u8::from(vote.is_committed()));
+    put_vote(&mut b, vote);
     b.freeze()
 }
 
@@ -82,12 +100,190 @@ pub(crate) fn encode_vote(vote: &Vote) -> Bytes {
 pub(crate) fn decode_vote(bytes: &[u8]) -> io::Result<Vote> {
     let mut r = Reader::new(bytes, "vote");
     r.version()?;
-    let term = r.u64()?;
-    let voted_for = r.u64()?;
-    let committed = r.bool()?;
+    let vote = r.vote()?;
     r.end()?;
-    let vote = if committed { Vote::new_committed(term, voted_for) } else { Vote::new(term, voted_for) };
     Ok(vote)
+}
+
+/// The vote body: its layout without the version byte.
+fn put_vote(b: &mut BytesMut, vote: &Vote) {
+    b.put_u64_le(vote.leader_id().term);
+    b.put_u64_le(vote.leader_id().voted_for);
+    b.put_u8(u8::from(vote.is_committed()));
+}
+
+const ENTRY_BLANK: u8 = 0;
+const ENTRY_DATA: u8 = 1;
+const ENTRY_MEMBERSHIP: u8 = 2;
+
+/// An append-entries request (also a heartbeat) in its wire layout.
+pub(crate) fn encode_append_request(req: &AppendEntriesRequest<TypeConfig>) -> Bytes {
+    let values: usize = req
+        .entries
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::Normal(r) => r.value.len(),
+            _ => 0,
+        })
+        .sum();
+    let mut b = BytesMut::with_capacity(1 + 17 + 2 * 17 + 4 + req.entries.len() * 32 + values);
+    b.put_u8(VERSION);
+    put_vote(&mut b, &req.vote);
+    put_log_id(&mut b, req.prev_log_id.as_ref());
+    put_log_id(&mut b, req.leader_commit.as_ref());
+    b.put_u32_le(len_u32(req.entries.len()));
+    for e in &req.entries {
+        b.put_u64_le(e.log_id.leader_id.term);
+        b.put_u64_le(e.log_id.index);
+        match &e.payload {
+            EntryPayload::Blank => b.put_u8(ENTRY_BLANK),
+            EntryPayload::Normal(r) => {
+                b.put_u8(ENTRY_DATA);
+                b.put_u64_le(r.timestamp_ms);
+                b.put_u32_le(len_u32(r.value.len()));
+                b.put_slice(&r.value);
+            }
+            EntryPayload::Membership(m) => {
+                b.put_u8(ENTRY_MEMBERSHIP);
+                let m = encode_membership(m);
+                b.put_u32_le(len_u32(m.len()));
+                b.put_slice(&m);
+            }
+        }
+    }
+    b.freeze()
+}
+
+/// The append-entries request in `bytes`. Record values are slices of `bytes`, not copies.
+pub(crate) fn decode_append_request(bytes: &Bytes) -> io::Result<AppendEntriesRequest<TypeConfig>> {
+    let mut r = Reader::new(bytes, "append-entries request");
+    r.version()?;
+    let vote = r.vote()?;
+    let prev_log_id = r.log_id()?;
+    let leader_commit = r.log_id()?;
+    // An entry is at least 17 bytes (term, index, kind).
+    let n = r.count(17)?;
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = log_id(r.u64()?, r.u64()?);
+        let entry = match r.u8()? {
+            ENTRY_BLANK => Entry::new_blank(id),
+            ENTRY_DATA => {
+                let timestamp_ms = r.u64()?;
+                let len = r.u32()? as usize;
+                let value = bytes.slice_ref(r.take(len)?);
+                Entry::new_normal(id, Record { timestamp_ms, value })
+            }
+            ENTRY_MEMBERSHIP => {
+                let len = r.u32()? as usize;
+                Entry::new_membership(id, decode_membership(r.take(len)?)?)
+            }
+            other => return Err(r.invalid(format!("unknown entry kind {other}"))),
+        };
+        entries.push(entry);
+    }
+    r.end()?;
+    Ok(AppendEntriesRequest { vote, prev_log_id, entries, leader_commit })
+}
+
+/// An append-entries response in its wire layout.
+pub(crate) fn encode_append_response(resp: &AppendEntriesResponse<TypeConfig>) -> Bytes {
+    let mut b = BytesMut::with_capacity(1 + 1 + 18);
+    b.put_u8(VERSION);
+    match resp {
+        AppendEntriesResponse::Success => b.put_u8(0),
+        AppendEntriesResponse::PartialSuccess(id) => {
+            b.put_u8(1);
+            put_log_id(&mut b, id.as_ref());
+        }
+        AppendEntriesResponse::Conflict => b.put_u8(2),
+        AppendEntriesResponse::HigherVote(vote) => {
+            b.put_u8(3);
+            put_vote(&mut b, vote);
+        }
+    }
+    b.freeze()
+}
+
+/// The append-entries response in `bytes`.
+pub(crate) fn decode_append_response(bytes: &[u8]) -> io::Result<AppendEntriesResponse<TypeConfig>> {
+    let mut r = Reader::new(bytes, "append-entries response");
+    r.version()?;
+    let resp = match r.u8()? {
+        0 => AppendEntriesResponse::Success,
+        1 => AppendEntriesResponse::PartialSuccess(r.log_id()?),
+        2 => AppendEntriesResponse::Conflict,
+        3 => AppendEntriesResponse::HigherVote(r.vote()?),
+        other => return Err(r.invalid(format!("unknown response tag {other}"))),
+    };
+    r.end()?;
+    Ok(resp)
+}
+
+/// A vote (or pre-vote) request in its wire layout.
+pub(crate) fn encode_vote_request(req: &VoteRequest<TypeConfig>) -> Bytes {
+    let mut b = BytesMut::with_capacity(1 + 17 + 17 + 1);
+    b.put_u8(VERSION);
+    put_vote(&mut b, &req.vote);
+    put_log_id(&mut b, req.last_log_id.as_ref());
+    b.put_u8(u8::from(req.leadership_transfer));
+    b.freeze()
+}
+
+/// The vote request in `bytes`.
+pub(crate) fn decode_vote_request(bytes: &[u8]) -> io::Result<VoteRequest<TypeConfig>> {
+    let mut r = Reader::new(bytes, "vote request");
+    r.version()?;
+    let vote = r.vote()?;
+    let last_log_id = r.log_id()?;
+    let leadership_transfer = r.bool()?;
+    r.end()?;
+    Ok(VoteRequest { vote, last_log_id, leadership_transfer })
+}
+
+/// A vote response in its wire layout.
+pub(crate) fn encode_vote_response(resp: &VoteResponse<TypeConfig>) -> Bytes {
+    let mut b = BytesMut::with_capacity(1 + 17 + 1 + 17);
+    b.put_u8(VERSION);
+    put_vote(&mut b, &resp.vote);
+    b.put_u8(u8::from(resp.vote_granted));
+    put_log_id(&mut b, resp.last_log_id.as_ref());
+    b.freeze()
+}
+
+/// The vote response in `bytes`.
+pub(crate) fn decode_vote_response(bytes: &[u8]) -> io::Result<VoteResponse<TypeConfig>> {
+    let mut r = Reader::new(bytes, "vote response");
+    r.version()?;
+    let vote = r.vote()?;
+    let vote_granted = r.bool()?;
+    let last_log_id = r.log_id()?;
+    r.end()?;
+    Ok(VoteResponse { vote, vote_granted, last_log_id })
+}
+
+/// A snapshot's metadata in its wire layout.
+pub(crate) fn encode_snapshot_meta(meta: &SnapshotMeta) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(VERSION);
+    put_log_id(&mut b, meta.last_log_id.as_ref());
+    put_log_id(&mut b, meta.last_membership.log_id().as_ref());
+    let m = encode_membership(meta.last_membership.membership());
+    b.put_u32_le(len_u32(m.len()));
+    b.put_slice(&m);
+    b.freeze()
+}
+
+/// The snapshot metadata in `bytes`.
+pub(crate) fn decode_snapshot_meta(bytes: &[u8]) -> io::Result<SnapshotMeta> {
+    let mut r = Reader::new(bytes, "snapshot meta");
+    r.version()?;
+    let last_log_id = r.log_id()?;
+    let membership_log_id = r.log_id()?;
+    let len = r.u32()? as usize;
+    let membership = decode_membership(r.take(len)?)?;
+    r.end()?;
+    Ok(SnapshotMeta { last_log_id, last_membership: StoredMembership::new(membership_log_id, membership) })
 }
 
 /// The membership config in its layout.
@@ -240,6 +436,13 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
+    fn vote(&mut self) -> io::Result<Vote> {
+        let term = self.u64()?;
+        let voted_for = self.u64()?;
+        let committed = self.bool()?;
+        Ok(if committed { Vote::new_committed(term, voted_for) } else { Vote::new(term, voted_for) })
+    }
+
     fn log_id(&mut self) -> io::Result<Option<LogId>> {
         if !self.bool()? {
             return Ok(None);
@@ -384,5 +587,111 @@ mod tests {
         assert_eq!(decode_sm_state(&encode_sm_state(&s)).unwrap(), s);
         let empty = SmState::default();
         assert_eq!(decode_sm_state(&encode_sm_state(&empty)).unwrap(), empty);
+    }
+
+    fn append_request() -> AppendEntriesRequest<TypeConfig> {
+        let record = Record { timestamp_ms: 42, value: Bytes::from_static(b"a value") };
+        AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id(2, 9)),
+            entries: vec![
+                Entry::new_blank(log_id(3, 10)),
+                Entry::new_normal(log_id(3, 11), record),
+                Entry::new_membership(log_id(3, 12), membership()),
+                Entry::new_normal(log_id(3, 13), Record { timestamp_ms: 0, value: Bytes::new() }),
+            ],
+            leader_commit: Some(log_id(2, 8)),
+        }
+    }
+
+    fn assert_same_request(a: &AppendEntriesRequest<TypeConfig>, b: &AppendEntriesRequest<TypeConfig>) {
+        assert_eq!(
+            (&a.vote, &a.prev_log_id, &a.leader_commit, &a.entries),
+            (&b.vote, &b.prev_log_id, &b.leader_commit, &b.entries)
+        );
+    }
+
+    #[test]
+    fn append_requests_round_trip_and_values_are_slices_of_the_message() {
+        let req = append_request();
+        let bytes = encode_append_request(&req);
+        let back = decode_append_request(&bytes).unwrap();
+        assert_same_request(&back, &req);
+        let EntryPayload::Normal(record) = &back.entries[1].payload else { panic!("not data") };
+        let range = bytes.as_ptr_range();
+        assert!(range.contains(&record.value.as_ptr()), "the value was copied");
+
+        let heartbeat = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new(1, 2),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        };
+        assert_same_request(&decode_append_request(&encode_append_request(&heartbeat)).unwrap(), &heartbeat);
+    }
+
+    #[test]
+    fn every_truncation_of_an_append_request_is_rejected() {
+        let bytes = encode_append_request(&append_request());
+        for len in 0..bytes.len() {
+            let err = decode_append_request(&bytes.slice(..len)).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "prefix of {len} bytes: {err}");
+        }
+        let mut bad_kind = bytes.to_vec();
+        bad_kind[1 + 17 + 17 + 17 + 4 + 16] = 7;
+        let err = decode_append_request(&Bytes::from(bad_kind)).unwrap_err();
+        assert!(err.to_string().contains("unknown entry kind 7"), "{err}");
+    }
+
+    #[test]
+    fn append_responses_round_trip() {
+        let cases = [
+            AppendEntriesResponse::Success,
+            AppendEntriesResponse::PartialSuccess(None),
+            AppendEntriesResponse::PartialSuccess(Some(log_id(4, 5))),
+            AppendEntriesResponse::Conflict,
+            AppendEntriesResponse::HigherVote(Vote::new_committed(9, 3)),
+        ];
+        for resp in cases {
+            let bytes = encode_append_response(&resp);
+            assert_eq!(decode_append_response(&bytes).unwrap(), resp);
+            for len in 0..bytes.len() {
+                assert!(decode_append_response(&bytes[..len]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn vote_requests_and_responses_round_trip() {
+        for transfer in [false, true] {
+            let req = VoteRequest::<TypeConfig> {
+                vote: Vote::new(5, 2),
+                last_log_id: Some(log_id(4, 77)),
+                leadership_transfer: transfer,
+            };
+            assert_eq!(decode_vote_request(&encode_vote_request(&req)).unwrap(), req);
+        }
+        let req = VoteRequest::<TypeConfig>::new(Vote::new(1, 1), None);
+        assert_eq!(decode_vote_request(&encode_vote_request(&req)).unwrap(), req);
+        for granted in [false, true] {
+            let resp =
+                VoteResponse::<TypeConfig>::new(Vote::new_committed(5, 2), Some(log_id(5, 1)), granted);
+            let bytes = encode_vote_response(&resp);
+            assert_eq!(decode_vote_response(&bytes).unwrap(), resp);
+            for len in 0..bytes.len() {
+                assert!(decode_vote_response(&bytes[..len]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn snapshot_meta_round_trips() {
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(4, 99)),
+            last_membership: StoredMembership::new(Some(log_id(4, 12)), membership()),
+        };
+        assert_eq!(decode_snapshot_meta(&encode_snapshot_meta(&meta)).unwrap(), meta);
+        let empty = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
+        assert_eq!(decode_snapshot_meta(&encode_snapshot_meta(&empty)).unwrap(), empty);
     }
 }

@@ -1,4 +1,5 @@
-//! ringlog's replication layer: openraft's storage traits over the ringlog engine.
+//! ringlog's replication layer: openraft over the ringlog engine, with its storage, its gRPC
+//! transport and the nodes that run it.
 //!
 //! A ringlog cluster is openraft running over one log per node, and that log is the record log
 //! itself (`replication.md`, decision 2): every Raft entry (a record, a blank entry or a
@@ -16,7 +17,14 @@
 //!   records: applying only moves the applied mark and numbers the records; snapshots hold
 //!   that state (its docs say why, and what is left).
 //! - `codec` (private): the byte layouts of the vote, membership configs and the state machine
-//!   state, and the entry mapping.
+//!   state, the entry mapping, and openraft's messages on the wire.
+//! - [`network`]: the Raft transport's client side ([`Network`], openraft's network factory
+//!   over tonic, one cached channel per peer) and the fault switch ([`Faults`]) tests use to
+//!   partition a node.
+//! - [`raft_service`]: the transport's server side ([`RaftService`], `raft.v1.Raft` from
+//!   `proto/raft/v1/raft.proto`), served beside `log.v1` on one port.
+//! - [`node`]: a cluster member ([`Node`]): storage, openraft with a [`ClusterConfig`], the
+//!   bootstrap rule, and the report of a fatal error.
 //!
 //! openraft's own storage suite (`openraft::testing::log::Suite`) runs against [`open`] on a
 //! real directory in `tests/storage_suite.rs`.
@@ -43,16 +51,30 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod codec;
 pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod raft_service;
 pub mod state_machine;
 pub mod types;
+
+/// The generated `raft.v1` messages, client and server (from `proto/raft/v1/raft.proto`).
+pub mod proto {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("raft.v1");
+}
 
 use std::fs;
 use std::io;
 use std::path::Path;
 
 pub use log_store::{LogReader, LogStore, READ_BATCH_BYTES};
+pub use network::{Faults, Network, PeerClient};
+pub use node::{ClusterConfig, Error, Node, Raft, WriteError};
+pub use raft_service::RaftService;
 pub use state_machine::{Snapshot, SnapshotBuilder, SnapshotData, StateMachine};
 pub use types::{Ack, Entry, LogId, Membership, NodeId, Peer, Record, TypeConfig, Vote, log_id};
 

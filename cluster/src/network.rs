@@ -1,0 +1,435 @@
+//! The client side of the Raft transport: openraft's [`RaftNetworkFactory`] and
+//! [`RaftNetworkV2`] over tonic (`raft.v1.Raft`, `proto/raft/v1/raft.proto`).
+//!
+//! [`Network`] is the factory one node hands to openraft. It keeps one lazily connected tonic
+//! [`Channel`] per peer, cached by node id and address: openraft asks for a client every time
+//! it (re)starts replication to a peer, and a channel per client would reconnect every time
+//! (the pitfall of openraft's gRPC example). A channel connects on its first call and
+//! reconnects by itself after the peer went away. Snapshots use a second cached channel per
+//! peer, so that a long transfer does not hold up votes and heartbeats.
+//!
+//! Every call is bounded by openraft's [`RPCOption::soft_ttl`]; a full snapshot uses it per
+//! chunk (the time the receiver may take to accept the next chunk, or to answer after the
+//! last one), never for the whole transfer, so a large snapshot is not cut off half way.
+//!
+//! Errors are what openraft needs to decide what to do next, never fatal:
+//!
+//! - the deadline passed (ours, or the peer's `DEADLINE_EXCEEDED`/`CANCELLED`):
+//!   [`RPCError::Timeout`];
+//! - anything else (no connection, the peer refused us, its node is stopped, a reply that does
+//!   not decode, a wrong cluster or node id): [`RPCError::Unreachable`], so that openraft backs
+//!   off before it tries that peer again rather than retrying at once.
+//!
+//! # The fault switch
+//!
+//! [`Faults`] is a small shared handle that cuts a node off from a set of peers in both
+//! directions: its outgoing calls to them fail as `Unreachable` before anything is sent, and its
+//! Raft service refuses their calls (`UNAVAILABLE`). One handle on one node is a symmetric
+//! partition between that node and the set. Tests use it; a production node holds one that is
+//! never set.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openraft::OptionalSend;
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::codec;
+use crate::node::ClusterConfig;
+use crate::proto::raft_client::RaftClient;
+use crate::proto::{
+    Header, RaftRequest, SnapshotChunk, SnapshotStart, StatusReply, StatusRequest, snapshot_chunk,
+};
+use crate::state_machine::{Snapshot, SnapshotData};
+use crate::types::{NodeId, Peer, TypeConfig, Vote};
+
+/// Largest snapshot chunk sent, whatever openraft suggests: well below gRPC's usual 4 MiB
+/// message limit.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
+
+/// The fault switch: the set of peers this node is cut off from, in both directions.
+///
+/// Cloning gives another handle on the same set.
+#[derive(Clone, Default)]
+pub struct Faults {
+    cut: Arc<RwLock<BTreeSet<NodeId>>>,
+}
+
+impl Faults {
+    /// A switch that cuts nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cuts this node off from `peers` (added to those already cut).
+    pub fn cut(&self, peers: impl IntoIterator<Item = NodeId>) {
+        self.cut.write().unwrap().extend(peers);
+    }
+
+    /// Restores every connection.
+    pub fn heal(&self) {
+        self.cut.write().unwrap().clear();
+    }
+
+    /// Whether this node is cut off from `peer`.
+    pub fn is_cut(&self, peer: NodeId) -> bool {
+        self.cut.read().unwrap().contains(&peer)
+    }
+}
+
+impl fmt::Debug for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Faults").field("cut", &*self.cut.read().unwrap()).finish()
+    }
+}
+
+/// Transport settings, taken from the node's [`ClusterConfig`].
+#[derive(Clone, Debug)]
+struct NetConfig {
+    cluster: Arc<str>,
+    connect_timeout: Duration,
+    message_bytes_max: usize,
+    /// Used when openraft suggests no chunk size.
+    snapshot_chunk_bytes: usize,
+}
+
+/// openraft's network factory for one node: see the module docs.
+#[derive(Clone)]
+pub struct Network {
+    id: NodeId,
+    config: NetConfig,
+    faults: Faults,
+    channels: Arc<Mutex<HashMap<(NodeId, Lane), CachedChannel>>>,
+}
+
+/// Which connection to a peer a call uses. Snapshots get their own, so that a large transfer
+/// never queues votes, appends and heartbeats behind it in one HTTP/2 connection's window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    Raft,
+    Snapshot,
+}
+
+/// A peer's address and the channel to it (or why there is none: a bad address).
+type CachedChannel = (String, Result<Channel, Arc<str>>);
+
+impl Network {
+    /// The network of node `id`, with the transport settings of `config` and the node's fault
+    /// switch.
+    pub fn new(id: NodeId, config: &ClusterConfig, faults: Faults) -> Self {
+        let config = NetConfig {
+            cluster: config.cluster_name.as_str().into(),
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            message_bytes_max: config.message_bytes_max(),
+            snapshot_chunk_bytes: usize::try_from(config.snapshot_chunk_bytes).unwrap_or(usize::MAX),
+        };
+        Network { id, config, faults, channels: Arc::default() }
+    }
+
+    /// The cached channel to `target` at `addr`, created (unconnected) on first use, and
+    /// replaced if the peer's address changed. A bad address is kept as its error, which every
+    /// call then reports as `Unreachable`.
+    fn channel(&self, target: NodeId, lane: Lane, addr: &str) -> Result<Channel, Arc<str>> {
+        let mut channels = self.channels.lock().unwrap();
+        if let Some((cached_addr, channel)) = channels.get(&(target, lane))
+            && cached_addr == addr
+        {
+            return channel.clone();
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map(|e| {
+                e.connect_timeout(self.config.connect_timeout)
+                    .tcp_nodelay(true)
+                    // Finds a peer that vanished without closing its connection (a dead
+                    // machine, a dropped route) instead of waiting on it.
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .keep_alive_while_idle(true)
+                    .connect_lazy()
+            })
+            .map_err(|e| Arc::<str>::from(format!("bad address {addr:?} for node {target}: {e}")));
+        channels.insert((target, lane), (addr.to_owned(), channel.clone()));
+        channel
+    }
+
+    /// A client for `target`, sharing the cached channel for votes and appends.
+    pub fn client(&self, target: NodeId, peer: &Peer) -> PeerClient {
+        self.client_on(target, Lane::Raft, peer)
+    }
+
+    fn client_on(&self, target: NodeId, lane: Lane, peer: &Peer) -> PeerClient {
+        let client = self.channel(target, lane, &peer.addr).map(|channel| {
+            RaftClient::new(channel)
+                .max_decoding_message_size(self.config.message_bytes_max)
+                .max_encoding_message_size(self.config.message_bytes_max)
+        });
+        PeerClient {
+            from: self.id,
+            target,
+            snapshot_chunk_bytes: self.config.snapshot_chunk_bytes,
+            cluster: self.config.cluster.clone(),
+            faults: self.faults.clone(),
+            client,
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Peer) -> PeerClient {
+        self.client(target, node)
+    }
+
+    async fn new_snapshot_client(&mut self, target: NodeId, node: &Peer) -> PeerClient {
+        self.client_on(target, Lane::Snapshot, node)
+    }
+}
+
+/// openraft's [`RaftNetworkV2`] for one peer: see the module docs.
+pub struct PeerClient {
+    from: NodeId,
+    target: NodeId,
+    snapshot_chunk_bytes: usize,
+    cluster: Arc<str>,
+    faults: Faults,
+    client: Result<RaftClient<Channel>, Arc<str>>,
+}
+
+/// The unary calls of `raft.v1.Raft`.
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    Vote,
+    PreVote,
+    AppendEntries,
+}
+
+impl PeerClient {
+    fn header(&self) -> Header {
+        Header { cluster: self.cluster.to_string(), from: self.from, to: self.target }
+    }
+
+    fn unreachable(&self, why: impl fmt::Display) -> Unreachable<TypeConfig> {
+        Unreachable::from_string(format!("node {}: {why}", self.target))
+    }
+
+    fn timeout(&self, action: RPCTypes, timeout: Duration) -> Timeout<TypeConfig> {
+        Timeout { action, id: self.from, target: self.target, timeout }
+    }
+
+    /// The client, unless the fault switch cuts this peer off or its address is bad.
+    fn ready(&self) -> Result<RaftClient<Channel>, Unreachable<TypeConfig>> {
+        if self.faults.is_cut(self.target) {
+            return Err(self.unreachable("cut off by the fault switch"));
+        }
+        self.client.clone().map_err(|e| self.unreachable(e))
+    }
+
+    /// A status from the peer (or from tonic on the way) as openraft's error.
+    fn status_error(&self, action: RPCTypes, ttl: Duration, status: &Status) -> RPCError<TypeConfig> {
+        match status.code() {
+            Code::DeadlineExceeded | Code::Cancelled => RPCError::Timeout(self.timeout(action, ttl)),
+            code => RPCError::Unreachable(self.unreachable(format!("{code:?}: {}", status.message()))),
+        }
+    }
+
+    /// Sends one unary call and returns the reply's payload, within `option.soft_ttl()`.
+    async fn unary(
+        &mut self,
+        call: Call,
+        payload: Bytes,
+        option: &RPCOption,
+    ) -> Result<Bytes, RPCError<TypeConfig>> {
+        let action = match call {
+            Call::Vote | Call::PreVote => RPCTypes::Vote,
+            Call::AppendEntries => RPCTypes::AppendEntries,
+        };
+        let mut client = self.ready()?;
+        let ttl = option.soft_ttl();
+        let mut request = tonic::Request::new(RaftRequest { header: Some(self.header()), payload });
+        // The peer gives up too (gRPC's deadline header), so it does no work nobody waits for.
+        request.set_timeout(ttl);
+        let reply = async {
+            match call {
+                Call::Vote => client.vote(request).await,
+                Call::PreVote => client.pre_vote(request).await,
+                Call::AppendEntries => client.append_entries(request).await,
+            }
+        };
+        match tokio::time::timeout(ttl, reply).await {
+            Err(_elapsed) => Err(RPCError::Timeout(self.timeout(action, ttl))),
+            Ok(Err(status)) => Err(self.status_error(action, ttl, &status)),
+            Ok(Ok(reply)) => Ok(reply.into_inner().payload),
+        }
+    }
+
+    /// Asks the peer what it knows of the cluster (bootstrap), within `ttl`.
+    pub(crate) async fn status(&mut self, ttl: Duration) -> Result<StatusReply, RPCError<TypeConfig>> {
+        let mut client = self.ready()?;
+        let mut request = tonic::Request::new(StatusRequest { header: Some(self.header()) });
+        request.set_timeout(ttl);
+        match tokio::time::timeout(ttl, client.status(request)).await {
+            Err(_elapsed) => Err(RPCError::Timeout(self.timeout(RPCTypes::Vote, ttl))),
+            Ok(Err(status)) => Err(self.status_error(RPCTypes::Vote, ttl, &status)),
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+        }
+    }
+
+    /// A reply that does not decode: the peer speaks another layout. Backing off is all a
+    /// retry could achieve.
+    fn bad_reply(&self, e: std::io::Error) -> RPCError<TypeConfig> {
+        RPCError::Unreachable(self.unreachable(format!("undecodable reply: {e}")))
+    }
+}
+
+/// The messages of a snapshot stream: `start`, then `data` in chunks of `chunk_bytes` (at
+/// most [`SNAPSHOT_CHUNK_BYTES_MAX`]), each a slice of `data`, not a copy.
+fn snapshot_messages(
+    start: SnapshotStart,
+    data: Bytes,
+    chunk_bytes: usize,
+) -> impl Iterator<Item = SnapshotChunk> {
+    let chunk_bytes = chunk_bytes.clamp(1, SNAPSHOT_CHUNK_BYTES_MAX);
+    let chunks =
+        (0..data.len()).step_by(chunk_bytes).map(move |at| data.slice(at..data.len().min(at + chunk_bytes)));
+    std::iter::once(snapshot_chunk::Kind::Start(start))
+        .chain(chunks.map(snapshot_chunk::Kind::Chunk))
+        .map(|kind| SnapshotChunk { kind: Some(kind) })
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let reply = self.unary(Call::AppendEntries, codec::encode_append_request(&rpc), &option).await?;
+        codec::decode_append_response(&reply).map_err(|e| self.bad_reply(e))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let reply = self.unary(Call::Vote, codec::encode_vote_request(&rpc), &option).await?;
+        codec::decode_vote_response(&reply).map_err(|e| self.bad_reply(e))
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let reply = self.unary(Call::PreVote, codec::encode_vote_request(&rpc), &option).await?;
+        codec::decode_vote_response(&reply).map_err(|e| self.bad_reply(e))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.ready()?;
+        let ttl = option.soft_ttl();
+        let chunk_bytes = option.snapshot_chunk_size().unwrap_or(self.snapshot_chunk_bytes);
+        let data = snapshot.snapshot.as_bytes().clone();
+        let start = SnapshotStart {
+            header: Some(self.header()),
+            vote: codec::encode_vote(&vote),
+            meta: codec::encode_snapshot_meta(&snapshot.meta),
+            data_bytes: data.len() as u64,
+        };
+
+        // Each message the transport takes is progress; the watchdog below times out when the
+        // receiver has taken nothing (or, after the last chunk, answered nothing) for `ttl`.
+        let progress = Arc::new(Mutex::new(Instant::now()));
+        let messages = snapshot_messages(start, data, chunk_bytes).inspect({
+            let progress = progress.clone();
+            move |_| *progress.lock().unwrap() = Instant::now()
+        });
+        let call = client.install_snapshot(futures_util::stream::iter(messages));
+        let watchdog = async {
+            loop {
+                let deadline = *progress.lock().unwrap() + ttl;
+                if Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep_until(deadline.into()).await;
+            }
+        };
+        tokio::select! {
+            reply = call => match reply {
+                Ok(reply) => {
+                    let vote = codec::decode_vote(&reply.into_inner().payload)
+                        .map_err(|e| self.unreachable(format!("undecodable snapshot reply: {e}")))?;
+                    Ok(SnapshotResponse::new(vote))
+                }
+                Err(status) => Err(self.status_error(RPCTypes::InstallSnapshot, ttl, &status).into()),
+            },
+            () = watchdog => Err(StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, ttl))),
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(data: &Bytes, chunk_bytes: usize) -> Vec<Bytes> {
+        let mut messages = snapshot_messages(SnapshotStart::default(), data.clone(), chunk_bytes);
+        assert!(matches!(messages.next().unwrap().kind, Some(snapshot_chunk::Kind::Start(_))));
+        messages
+            .map(|m| match m.kind {
+                Some(snapshot_chunk::Kind::Chunk(c)) => c,
+                other => panic!("not a chunk: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_is_sent_as_start_then_in_order_chunks_of_the_chosen_size() {
+        let data = Bytes::from((0..100u8).collect::<Vec<_>>());
+        let sent = chunks(&data, 7);
+        assert_eq!(sent.len(), 15);
+        assert!(sent[..14].iter().all(|c| c.len() == 7) && sent[14].len() == 2);
+        assert_eq!(sent.concat(), data);
+        assert_eq!(chunks(&data, 0).len(), 100, "a zero chunk size is one byte");
+        assert_eq!(chunks(&Bytes::new(), 7).len(), 0, "empty data is the start message alone");
+    }
+
+    #[test]
+    fn snapshot_chunks_never_exceed_the_transport_limit() {
+        let data = Bytes::from(vec![0u8; SNAPSHOT_CHUNK_BYTES_MAX * 2 + 1]);
+        let sent = chunks(&data, usize::MAX);
+        assert_eq!(
+            sent.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX, 1]
+        );
+    }
+
+    #[test]
+    fn the_fault_switch_cuts_and_heals() {
+        let faults = Faults::new();
+        let other_handle = faults.clone();
+        faults.cut([2, 3]);
+        assert!(other_handle.is_cut(2) && other_handle.is_cut(3) && !other_handle.is_cut(1));
+        other_handle.heal();
+        assert!(!faults.is_cut(2));
+    }
+}

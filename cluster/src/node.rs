@@ -1,0 +1,346 @@
+//! A cluster member: its storage, its [`openraft::Raft`], its transport and its bootstrap.
+//!
+//! [`Node::start`] opens the node's storage in its directory ([`crate::open`]), starts openraft
+//! with the settings of a [`ClusterConfig`], and returns the node with its Raft service
+//! ([`Node::service`]) for the caller to serve on its port. The node does not listen itself:
+//! the service crate serves `raft.v1` beside `log.v1` on one port.
+//!
+//! # Bootstrap
+//!
+//! Every member of the static peer list is a first voter (`replication.md`, "Starting a
+//! cluster"). Exactly one node initializes the cluster: the lowest id, and only if
+//!
+//! 1. its own store is pristine when it starts (no vote, no entry, nothing purged), and
+//! 2. every other peer has answered the `Status` call, and none of them has a membership.
+//!
+//! Until then it asks again every `bootstrap_retry_ms`. Requiring an answer from *every* peer
+//! (not a majority) is the simple safe rule: a peer that cannot be reached may be the one that
+//! holds the cluster's membership, for example when the lowest node lost its disk and the
+//! others were formed with it; initializing then would start a second cluster under the same
+//! ids. The cost is that a cluster's very first start waits for all its nodes. The other nodes
+//! never initialize: they wait, as learners without a membership, until the leader reaches
+//! them. A node that restarts with a log does nothing: openraft elects as usual.
+//!
+//! # Fatal errors
+//!
+//! openraft stops for good on a storage error or a panic in its core. [`Node::fatal`] resolves
+//! with that error (or with `Fatal::Stopped` after a shutdown), so the service can exit and be
+//! restarted rather than keep answering with a dead node.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::{ConfigError, SnapshotPolicy};
+use ringlog_engine::{Durability, Log};
+use tokio::task::JoinHandle;
+
+use crate::network::{Faults, Network};
+use crate::proto::raft_server::RaftServer;
+use crate::raft_service::RaftService;
+use crate::state_machine::StateMachine;
+use crate::types::{Ack, NodeId, Peer, Record, TypeConfig};
+
+/// openraft's Raft handle for this crate's types.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// The error of a write through Raft ([`Node::write`]): `ForwardToLeader` on a node that is
+/// not the leader (with the leader when known), or `Fatal` when the node stopped.
+pub type WriteError = RaftError<TypeConfig, ClientWriteError<TypeConfig>>;
+
+/// The errors of starting and stopping a [`Node`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The node's id is not in the peer list.
+    #[error("node id {id} is not in the peer list {peers:?}")]
+    NotAPeer {
+        /// This node's id.
+        id: NodeId,
+        /// The peer list's ids.
+        peers: Vec<NodeId>,
+    },
+    /// The settings do not make a valid openraft config.
+    #[error("invalid cluster settings: {0}")]
+    Config(#[from] ConfigError),
+    /// The node's storage could not be opened.
+    #[error("opening the node's storage in {dir}: {source}")]
+    Storage {
+        /// The node's directory.
+        dir: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// openraft could not start, or stopped with this error.
+    #[error("raft: {0}")]
+    Raft(#[from] Fatal<TypeConfig>),
+    /// Closing the engine's log at shutdown failed (its last sync, or an earlier poison).
+    #[error("closing the log: {0}")]
+    Close(#[from] ringlog_engine::Error),
+}
+
+/// A node's settings, with defaults for a shared 2-core machine.
+///
+/// openraft's defaults (a 50 ms heartbeat, 150-300 ms election timeouts, a 200 ms snapshot
+/// timeout) cause elections whenever an `fsync` stalls for a few hundred milliseconds, and
+/// never finish a large snapshot; these are a few times larger.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The cluster's name; a node refuses Raft calls for another cluster.
+    pub cluster_name: String,
+    /// How often a leader sends heartbeats. It is also openraft's deadline for one append
+    /// (of which the transport uses three quarters), so it must cover a follower's `fsync`.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in `[min, max)` starts an election.
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    pub election_timeout_max_ms: u64,
+    /// Deadline for each snapshot chunk to be taken by the receiver (and for its answer after
+    /// the last one); never a deadline for the whole transfer.
+    pub install_snapshot_timeout_ms: u64,
+    /// Size of one snapshot chunk (at most [`SNAPSHOT_CHUNK_BYTES_MAX`](crate::network::SNAPSHOT_CHUNK_BYTES_MAX)).
+    pub snapshot_chunk_bytes: u64,
+    /// Largest snapshot this node accepts from a leader.
+    pub snapshot_bytes_max: u64,
+    /// Entries in one append at most (openraft's `max_payload_entries`); it is one of the
+    /// terms of the transport's message limit ([`ClusterConfig::message_bytes_max`]).
+    pub max_payload_entries: u64,
+    /// Deadline for opening a connection to a peer.
+    pub connect_timeout_ms: u64,
+    /// How often the bootstrapping node asks its peers again while some have not answered.
+    pub bootstrap_retry_ms: u64,
+    /// The engine's settings for the node's log.
+    pub engine: ringlog_engine::Config,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            cluster_name: "ringlog".into(),
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            install_snapshot_timeout_ms: 10_000,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_bytes_max: 64 << 20,
+            max_payload_entries: 300,
+            connect_timeout_ms: 1000,
+            bootstrap_retry_ms: 500,
+            // A record is acknowledged once a majority made it durable.
+            engine: ringlog_engine::Config { durability: Durability::Always, ..Default::default() },
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The openraft config these settings make, validated.
+    pub fn raft_config(&self) -> Result<openraft::Config, ConfigError> {
+        openraft::Config {
+            cluster_name: self.cluster_name.clone(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            max_payload_entries: self.max_payload_entries,
+            // A snapshot holds the state machine's state, not the records (see
+            // `state_machine`): openraft must neither build one on its own nor purge the log
+            // behind one. Retention is the log's business.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
+            // A node that rejoins after a partition must not depose a working leader with its
+            // inflated term; the transport implements `pre_vote`.
+            enable_pre_vote: Some(true),
+            ..openraft::Config::default()
+        }
+        .validate()
+    }
+
+    /// The largest `raft.v1` message: one append. openraft replicates what
+    /// `limited_get_log_entries` returns, which is one engine read of about
+    /// [`READ_BATCH_BYTES`](crate::READ_BATCH_BYTES) of frames, or a single record when it is
+    /// larger, and at most `max_payload_entries` entries.
+    pub fn message_bytes_max(&self) -> usize {
+        let per_entry = 64; // an entry's header in the append layout, with room to spare
+        let append = (crate::READ_BATCH_BYTES as u64)
+            .saturating_add(u64::from(self.engine.record_bytes_max))
+            .saturating_add(self.max_payload_entries.saturating_mul(per_entry))
+            .saturating_add(64 << 10);
+        usize::try_from(append.max(4 << 20)).unwrap_or(usize::MAX)
+    }
+}
+
+/// A running cluster member: see the module docs.
+pub struct Node {
+    id: NodeId,
+    raft: Raft,
+    log: Log,
+    faults: Faults,
+    service: RaftService,
+    bootstrap: Option<JoinHandle<()>>,
+}
+
+/// Whether `log` holds nothing at all: no vote, no entry, nothing purged.
+fn is_pristine(log: &Log) -> Result<bool, ringlog_engine::Error> {
+    let meta = log.meta();
+    Ok(meta.vote.is_none() && meta.purged.is_none() && log.last_entry_id()?.is_none())
+}
+
+impl Node {
+    /// Starts node `id` on the storage in `dir`, as a member of `peers` (every first voter,
+    /// this node included, with the address of its Raft service). `faults` is the node's fault
+    /// switch; pass `Faults::new()` outside tests.
+    ///
+    /// The node's Raft service ([`Node::service`]) must be served on this node's address in
+    /// `peers` for the cluster to work.
+    pub async fn start(
+        id: NodeId,
+        dir: impl AsRef<Path>,
+        peers: BTreeMap<NodeId, Peer>,
+        config: ClusterConfig,
+        faults: Faults,
+    ) -> Result<Node, Error> {
+        if !peers.contains_key(&id) {
+            return Err(Error::NotAPeer { id, peers: peers.keys().copied().collect() });
+        }
+        let raft_config = Arc::new(config.raft_config()?);
+        let dir = dir.as_ref();
+        let storage_error = |source| Error::Storage { dir: dir.to_path_buf(), source };
+        let (store, sm) = crate::open(dir, config.engine.clone()).map_err(storage_error)?;
+        let log = store.log().clone();
+        let pristine = is_pristine(&log)?;
+
+        let network = Network::new(id, &config, faults.clone());
+        let raft = match Raft::new(id, raft_config, network.clone(), store, sm).await {
+            Ok(raft) => raft,
+            Err(fatal) => {
+                // Release the directory, so that a caller may try again in this process.
+                if let Err(e) = log.close() {
+                    tracing::warn!(node = id, "closing the log after a failed start: {e}");
+                }
+                return Err(fatal.into());
+            }
+        };
+        let service = RaftService::new(
+            raft.clone(),
+            log.clone(),
+            faults.clone(),
+            config.cluster_name.as_str().into(),
+            config.snapshot_bytes_max,
+            config.message_bytes_max(),
+        );
+
+        let lowest = peers.keys().next().copied() == Some(id);
+        let bootstrap = (pristine && lowest).then(|| {
+            let retry = Duration::from_millis(config.bootstrap_retry_ms);
+            tokio::spawn(bootstrap(raft.clone(), network, peers, retry))
+        });
+        tracing::info!(node = id, pristine, bootstraps = bootstrap.is_some(), "raft node started");
+        Ok(Node { id, raft, log, faults, service, bootstrap })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The openraft handle: metrics, `wait`, `client_write`, membership changes.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The engine log holding this node's Raft entries (and so its records).
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// This node's fault switch.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The node's `raft.v1.Raft` service, for `tonic::transport::Server::add_service`.
+    pub fn service(&self) -> RaftServer<RaftService> {
+        self.service.clone().into_server()
+    }
+
+    /// Writes one record through Raft, stamped with this node's clock, and returns its offset
+    /// once it is applied here (so committed on a majority). Only the leader accepts writes.
+    pub async fn write(&self, value: impl Into<Bytes>) -> Result<Ack, WriteError> {
+        let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let record = Record { timestamp_ms, value: value.into() };
+        Ok(self.raft.client_write(record).await?.data)
+    }
+
+    /// Resolves once openraft stopped running: with its fatal error (a storage error or a
+    /// panic in its core), or `Fatal::Stopped` after a shutdown.
+    pub async fn fatal(&self) -> Fatal<TypeConfig> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_watched().running_state {
+                return fatal.clone();
+            }
+            if metrics.changed().await.is_err() {
+                // The core dropped its metrics sender: it is gone.
+                return Fatal::Stopped;
+            }
+        }
+    }
+
+    /// Stops the node: its bootstrap, its Raft core, then its log (synced and closed, which
+    /// releases the directory for a restart).
+    pub async fn shutdown(self) -> Result<(), Error> {
+        if let Some(task) = &self.bootstrap {
+            task.abort();
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(node = self.id, "raft core ended with {e}");
+        }
+        self.log.close()?;
+        Ok(())
+    }
+}
+
+/// The bootstrap rule of the module docs, run by the lowest node when it started pristine.
+async fn bootstrap(raft: Raft, network: Network, peers: BTreeMap<NodeId, Peer>, retry: Duration) {
+    let id = *raft.node_id();
+    loop {
+        match raft.is_initialized().await {
+            Ok(true) => return, // A leader reached this node first: the cluster exists.
+            Ok(false) => {}
+            Err(fatal) => return tracing::warn!(node = id, "bootstrap stopped: {fatal}"),
+        }
+        let mut silent = Vec::new();
+        for (&peer, addr) in peers.iter().filter(|(p, _)| **p != id) {
+            match network.client(peer, addr).status(retry.max(Duration::from_millis(100))).await {
+                Ok(reply) if !reply.membership.is_empty() => {
+                    return tracing::info!(
+                        node = id,
+                        peer,
+                        "not initializing: node {peer} already has a membership (an existing cluster)"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => silent.push((peer, e)),
+            }
+        }
+        if silent.is_empty() {
+            break;
+        }
+        tracing::info!(node = id, ?silent, "waiting for every peer to answer before initializing");
+        tokio::time::sleep(retry).await;
+    }
+    match raft.initialize(peers.clone()).await {
+        Ok(()) => {
+            tracing::info!(node = id, voters = ?peers.keys().collect::<Vec<_>>(), "cluster initialized")
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+            tracing::info!(node = id, "not initializing: {e}");
+        }
+        Err(e) => tracing::error!(node = id, "initializing the cluster failed: {e}"),
+    }
+}

@@ -1,0 +1,150 @@
+//! The Raft transport on its own: how failures reach openraft (an unreachable or silent peer
+//! is an `Unreachable` or `Timeout`, never fatal), the fault switch in both directions, a
+//! snapshot streamed in many chunks, and the bootstrap rule.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, WAIT, config};
+use openraft::RaftNetworkV2;
+use openraft::async_runtime::WatchReceiver;
+use openraft::entry::RaftEntry;
+use openraft::error::{RPCError, ReplicationClosed};
+use openraft::network::RPCOption;
+use openraft::raft::VoteRequest;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use ringlog_cluster::{Entry, Faults, Membership, Network, Peer, StateMachine, Vote, log_id};
+use tokio::net::TcpListener;
+
+fn harmless_vote(from: u64) -> VoteRequest<ringlog_cluster::TypeConfig> {
+    // Term 0 is below every vote, so the receiver answers without changing anything.
+    VoteRequest::new(Vote::new(0, from), None)
+}
+
+fn option() -> RPCOption {
+    RPCOption::new(Duration::from_millis(400))
+}
+
+#[tokio::test]
+async fn a_peer_on_a_closed_port_is_unreachable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let network = Network::new(1, &config(), Faults::new());
+    let err = network.client(2, &Peer { addr }).vote(harmless_vote(1), option()).await.unwrap_err();
+    assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_bad_address_is_unreachable() {
+    let network = Network::new(1, &config(), Faults::new());
+    let peer = Peer { addr: "not an address".into() };
+    let err = network.client(2, &peer).vote(harmless_vote(1), option()).await.unwrap_err();
+    assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_times_out() {
+    // Accepts connections and never speaks: the call must end with the deadline, as a timeout.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let network = Network::new(1, &config(), Faults::new());
+    let mut client = network.client(2, &Peer { addr });
+    let err = tokio::time::timeout(WAIT, client.vote(harmless_vote(1), option()))
+        .await
+        .expect("the call hangs")
+        .unwrap_err();
+    assert!(matches!(err, RPCError::Timeout(_)), "{err}");
+    hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fault_switch_cuts_a_node_off_in_both_directions() {
+    let cluster = Cluster::start(3).await;
+    cluster.leader(&[1, 2, 3]).await;
+    let peers = cluster.peers.clone();
+    cluster.node(1).faults().cut([2]);
+
+    // Outgoing: node 1's calls to node 2 fail before anything is sent.
+    let from_1 = Network::new(1, &config(), cluster.node(1).faults().clone());
+    let err = from_1.client(2, &peers[&2]).vote(harmless_vote(1), option()).await.unwrap_err();
+    assert!(matches!(&err, RPCError::Unreachable(_)) && err.to_string().contains("fault switch"), "{err}");
+
+    // Incoming: node 1's service refuses node 2, and still answers node 3.
+    let from_2 = Network::new(2, &config(), Faults::new());
+    let err = from_2.client(1, &peers[&1]).vote(harmless_vote(2), option()).await.unwrap_err();
+    assert!(matches!(&err, RPCError::Unreachable(_)) && err.to_string().contains("fault switch"), "{err}");
+    let from_3 = Network::new(3, &config(), Faults::new());
+    let resp = from_3.client(1, &peers[&1]).vote(harmless_vote(3), option()).await.unwrap();
+    assert!(!resp.vote_granted);
+
+    cluster.node(1).faults().heal();
+    from_2.client(1, &peers[&1]).vote(harmless_vote(2), option()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_for_another_node_id_is_refused() {
+    let cluster = Cluster::start_some(3, [3]).await;
+    let from_1 = Network::new(1, &config(), Faults::new());
+    // Node 3's address, called as if it were node 2.
+    let err = from_1.client(2, &cluster.peers[&3]).vote(harmless_vote(1), option()).await.unwrap_err();
+    assert!(err.to_string().contains("this is node 3, not node 2"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_streams_in_many_chunks_and_installs() {
+    // Node 3 alone, pristine: it is not the lowest id, so it waits for a leader.
+    let cluster = Cluster::start_some(3, [3]).await;
+
+    // A consistent snapshot from a state machine that applied a membership and four blanks.
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path().join("snapshot")).unwrap();
+    let membership = Membership::new_with_defaults(vec![[1, 2, 3].into()], []);
+    let mut applied = vec![Entry::new_membership(log_id(1, 0), membership.clone())];
+    applied.extend((1..5).map(|i| Entry::new_blank(log_id(1, i))));
+    sm.apply(futures_util::stream::iter(applied.into_iter().map(|e| Ok((e, None))))).await.unwrap();
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let data_bytes = snapshot.snapshot.as_bytes().len();
+    assert!(data_bytes > 20, "a snapshot of {data_bytes} bytes makes few chunks");
+
+    // Seven-byte chunks: the receiver must put them back together in order.
+    let tiny_chunks = ringlog_cluster::ClusterConfig { snapshot_chunk_bytes: 7, ..config() };
+    let from_1 = Network::new(1, &tiny_chunks, Faults::new());
+    let vote = Vote::new_committed(1, 1);
+    let never_cancelled = std::future::pending::<ReplicationClosed>();
+    let resp = from_1
+        .client(3, &cluster.peers[&3])
+        .full_snapshot(vote, snapshot, never_cancelled, RPCOption::new(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(resp.vote, vote);
+
+    let node = cluster.node(3).raft();
+    let m = node.wait(Some(WAIT)).snapshot(log_id(1, 4), "node 3 installs the snapshot").await.unwrap();
+    assert_eq!(m.last_applied, Some(log_id(1, 4)));
+    assert_eq!(m.membership_config.membership(), &membership);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lowest_node_initializes_only_once_every_peer_answered() {
+    let mut cluster = Cluster::start_some(3, [1, 2]).await;
+    // Node 3 does not answer: node 1 must not start a cluster it cannot know is the only one.
+    // (A broken rule would initialize within one bootstrap round, 200 ms.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in [1, 2] {
+        assert!(!cluster.node(id).raft().is_initialized().await.unwrap(), "node {id} has a membership");
+    }
+
+    cluster.start_node(3).await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let m = cluster.node(leader).raft().metrics().borrow_watched().clone();
+    let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+    assert_eq!(voters, [1, 2, 3]);
+}
