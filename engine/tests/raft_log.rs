@@ -386,3 +386,30 @@ fn age_retention_goes_by_records_not_by_raft_entries_without_a_time() {
         assert_eq!(log.segment_count(), segments);
     }
 }
+
+/// A replica serves committed records only: with a read limit (its applied mark), readers
+/// see nothing at or above it, and a waiting reader is woken when it moves.
+#[test]
+fn readers_see_only_entries_below_the_read_limit() {
+    for f in fixtures(|_| {}) {
+        let log = f.open();
+        for i in 0..5u8 {
+            log.append(vec![i]).unwrap();
+        }
+        log.set_read_limit(3);
+        let what = format!("[{}]", f.name);
+        assert_eq!(log.readable_offset(), 3, "{what}");
+        assert_eq!(log.next_offset(), 5, "{what} appending is not limited");
+        assert!(matches!(log.read(3), Err(Error::OffsetNotWritten { offset: 3, next: 3 })), "{what}");
+        let records = log.read_from(0, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 1, 2], "{what}");
+        assert_eq!(log.wait_for_blocking(3, Some(std::time::Duration::ZERO)).unwrap(), None, "{what}");
+        let waiter = {
+            let log = log.clone();
+            std::thread::spawn(move || log.wait_for_blocking(3, None))
+        };
+        log.set_read_limit(5);
+        assert_eq!(waiter.join().unwrap().unwrap(), Some(5), "{what} woken by the limit");
+        assert_eq!(log.read(4).unwrap().value, Bytes::from(vec![4u8]), "{what}");
+    }
+}

@@ -275,7 +275,9 @@ impl Follower {
             self.next += 1;
             return Ok(ConsumeResponse { record: Some(to_proto(record)), records: Vec::new() });
         }
-        if self.log.next_offset() <= self.next {
+        // Readable, not merely appended: under `always` a record is readable once durable,
+        // and on a cluster node once applied (committed).
+        if self.log.readable_offset() <= self.next {
             tokio::select! {
                 biased;
                 () = stopping(&mut self.stop) => return Err(status::shutting_down()),

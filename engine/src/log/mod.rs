@@ -140,6 +140,7 @@ impl Log {
             first_index: AtomicU64::new(recovered.first_index),
             next_index: AtomicU64::new(next),
             durable_index: AtomicU64::new(next),
+            read_limit: AtomicU64::new(u64::MAX),
             dir_unsynced: AtomicBool::new(recovered.created_segments),
             offsets: RwLock::new(recovered.offsets),
             meta: Mutex::new(recovered.meta),
@@ -302,6 +303,13 @@ impl Log {
         let shared = self.shared();
         let first = shared.first_index.load(Ordering::Acquire);
         shared.offsets().offset_of(first).min(self.next_offset())
+    }
+
+    /// The offset below which records can be read now: published ones, or with
+    /// `Durability::Always` durable ones, and below the read limit of a Raft replica.
+    pub fn readable_offset(&self) -> u64 {
+        let shared = self.shared();
+        shared.offsets().offset_of(shared.visible_index())
     }
 
     /// The offset the next record appended will get.

@@ -50,6 +50,16 @@ impl Log {
         self.shared().offsets().offset_of(index)
     }
 
+    /// Lets record readers (`read`, `read_from`, `wait_for`, and so Consume and
+    /// ConsumeStream) see only entries below `index` from now on, on top of what they see
+    /// anyway (published, or durable under `Always`). A Raft replica sets it to its applied
+    /// mark, so that it serves committed records only; a lone log never sets it. Waiting
+    /// readers are woken. The caller keeps it from moving back (an applied mark never does).
+    pub fn set_read_limit(&self, index: u64) {
+        self.shared().read_limit.store(index, Ordering::Release);
+        self.shared().appended.notify(usize::MAX);
+    }
+
     /// Appends entries at the indexes they carry: the first must be [`Log::next_index`],
     /// the rest contiguous, terms never decreasing ([`Error::InvalidEntry`] otherwise).
     /// The ticket completes once they are readable; `on_durable` is called (on an engine

@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     pub(crate) next_index: AtomicU64,
     /// Every index below this is on stable storage.
     pub(crate) durable_index: AtomicU64,
+    /// Record readers see nothing at or above this (`Log::set_read_limit`; `u64::MAX` for a
+    /// lone log).
+    pub(crate) read_limit: AtomicU64,
     /// The non-data entries, for translating offsets and indexes.
     pub(crate) offsets: RwLock<OffsetMap>,
     /// The metadata file as last written (and `save_committed`'s value).
@@ -217,11 +220,13 @@ impl Shared {
         Ok(removed.len())
     }
 
-    /// The index below which record readers may read: published, or with `Always` durable.
+    /// The index below which record readers may read: published, or with `Always` durable,
+    /// and below the read limit (a Raft replica's applied mark).
     pub(crate) fn visible_index(&self) -> u64 {
-        match self.config.durability {
+        let written = match self.config.durability {
             Durability::Always => self.durable_index.load(Ordering::Acquire),
             _ => self.next_index.load(Ordering::Acquire),
-        }
+        };
+        written.min(self.read_limit.load(Ordering::Acquire))
     }
 }
