@@ -98,6 +98,6 @@ pub fn open(dir: impl AsRef<Path>, config: ringlog_engine::Config) -> io::Result
         }
     }
     let log = ringlog_engine::Log::open(dir.join(LOG_DIR), config).map_err(log_store::io_error)?;
-    let sm = StateMachine::open(dir.join(SNAPSHOT_FILE))?;
+    let sm = StateMachine::open(dir.join(SNAPSHOT_FILE))?.limiting_reads_of(log.clone());
     Ok((LogStore::new(log), sm))
 }

@@ -88,6 +88,11 @@ impl SnapshotData {
     }
 }
 
+/// The index after `applied`: what readers may see below.
+fn next_index(applied: Option<LogId>) -> u64 {
+    applied.map_or(0, |id| id.index + 1)
+}
+
 struct Shared {
     /// The snapshot file.
     path: PathBuf,
@@ -101,6 +106,8 @@ struct Shared {
 /// openraft's [`RaftStateMachine`] for ringlog: see the module docs.
 pub struct StateMachine {
     shared: Arc<Shared>,
+    /// The log whose readers see only applied entries ([`StateMachine::limiting_reads_of`]).
+    reads_of: Option<ringlog_engine::Log>,
 }
 
 /// Builds a snapshot of the state as it was when the builder was created.
@@ -117,7 +124,22 @@ impl StateMachine {
         let snapshot = read_snapshot(&path)?;
         let state = snapshot.clone().unwrap_or_default();
         let shared = Shared { path, state: Mutex::new(state), snapshot: Mutex::new(snapshot) };
-        Ok(StateMachine { shared: Arc::new(shared) })
+        Ok(StateMachine { shared: Arc::new(shared), reads_of: None })
+    }
+
+    /// Keeps `log`'s record readers below the applied mark from now on (its read limit
+    /// follows every apply and snapshot install), so that Consume and ConsumeStream on this
+    /// node serve committed records only (`replication.md`, decision 4).
+    pub fn limiting_reads_of(mut self, log: ringlog_engine::Log) -> Self {
+        log.set_read_limit(next_index(self.applied()));
+        self.reads_of = Some(log);
+        self
+    }
+
+    fn applied_moved(&self, applied: Option<LogId>) {
+        if let Some(log) = &self.reads_of {
+            log.set_read_limit(next_index(applied));
+        }
     }
 
     /// The last applied log id: the node's high watermark in Raft terms.
@@ -266,6 +288,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 Ack { offset }
             };
+            // Readable here before the client hears of it.
+            self.applied_moved(Some(entry.log_id));
             if let Some(responder) = responder {
                 responder.send(ack);
             }
@@ -290,7 +314,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ));
         }
         persist(&self.shared, state.clone(), true).await?;
+        let applied = state.applied;
         *self.shared.state.lock().unwrap() = state;
+        self.applied_moved(applied);
         Ok(())
     }
 

@@ -49,3 +49,35 @@ fn acknowledged_offsets_are_where_the_engine_reads_the_records() {
         }
     });
 }
+
+/// A replica serves committed records only: entries appended to its log but not yet applied
+/// are invisible to record readers; each apply makes its records readable, and a reopened
+/// node starts from its snapshot's applied mark, not from everything its log holds.
+#[test]
+fn records_become_readable_when_applied_not_when_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    TypeConfig::run(async {
+        let config = Config { durability: Durability::Always, ..Config::default() };
+        let (mut store, mut sm) = ringlog_cluster::open(dir.path(), config.clone()).unwrap();
+        let record = |i: u64| Record { timestamp_ms: i, value: Bytes::from(format!("record-{i}")) };
+        let entries: Vec<Entry> = (0..4).map(|i| Entry::new_normal(log_id(1, i), record(i))).collect();
+        store.blocking_append(entries.clone()).await.unwrap();
+        let log = store.log().clone();
+        assert_eq!(log.next_offset(), 4, "appended");
+        assert_eq!(log.readable_offset(), 0, "nothing applied: nothing readable");
+        assert!(matches!(log.read(0), Err(ringlog_engine::Error::OffsetNotWritten { offset: 0, next: 0 })));
+        for (i, entry) in entries.iter().take(2).enumerate() {
+            sm.apply(futures_util::stream::iter([Ok((entry.clone(), None))])).await.unwrap();
+            assert_eq!(log.readable_offset(), i as u64 + 1);
+        }
+        assert_eq!(log.read(1).unwrap().value, record(1).value);
+        assert!(log.read(2).is_err(), "appended, not applied");
+        drop((store, sm));
+        log.close().unwrap();
+        // Nothing was snapshotted: after a restart nothing is readable until openraft
+        // re-applies the committed entries.
+        let (store, _sm) = ringlog_cluster::open(dir.path(), config).unwrap();
+        assert_eq!(store.log().next_offset(), 4);
+        assert_eq!(store.log().readable_offset(), 0);
+    });
+}
