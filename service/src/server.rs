@@ -162,7 +162,7 @@ impl Server {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let (stop, stop_rx) = watch::channel(false);
-        let metrics = Arc::new(Metrics::new(log.clone()));
+        let metrics = Arc::new(Metrics::new(log.clone(), replica.as_ref().map(|r| r.node().raft().clone())));
         let metrics_task = self.metrics_listener.map(|listener| {
             let mut stop_rx = stop_rx.clone();
             let stopping = async move {
@@ -181,7 +181,12 @@ impl Server {
         let addr = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
         let role = match &replica {
             Some(replica) => {
-                tokio::spawn(report_leader(replica.clone(), health.clone(), stop_rx.clone()));
+                tokio::spawn(report_leader(
+                    replica.clone(),
+                    health.clone(),
+                    metrics.clone(),
+                    stop_rx.clone(),
+                ));
                 Role::Replica(replica.clone())
             }
             None => {
@@ -277,13 +282,19 @@ impl Server {
 async fn report_leader(
     replica: Arc<Replica>,
     health: tonic_health::server::HealthReporter,
+    counters: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     use openraft::async_runtime::WatchReceiver;
     let mut metrics = replica.node().raft().metrics();
     let mut reported = None;
+    let mut last_leader = None;
     loop {
         let leader = metrics.borrow_watched().current_leader;
+        if leader != last_leader {
+            counters.leader_changes.inc();
+            last_leader = leader;
+        }
         if reported != Some(leader.is_some()) {
             match leader {
                 Some(leader) => {

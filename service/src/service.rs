@@ -117,7 +117,7 @@ impl LogService {
     /// only when their client does (or the log is closed).
     pub fn standalone(log: Log) -> Self {
         // The sender is dropped at once, which `stopping` reads as "no shutdown will come".
-        let metrics = Arc::new(Metrics::new(log.clone()));
+        let metrics = Arc::new(Metrics::new(log.clone(), None));
         let me = Server { id: "1".into(), rpc_addr: String::new(), is_leader: true };
         LogService::new(log, watch::channel(false).1, metrics, Role::Single(me))
     }
