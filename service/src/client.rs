@@ -29,7 +29,7 @@ use tonic::{
 use tonic_types::StatusExt;
 
 /// Where the server is.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct Connect {
     /// The server's address; for a cluster, any node's (several, comma-separated, are tried
     /// in turn for the first contact)
@@ -87,7 +87,7 @@ enum Format {
 
 /// Which server of a cluster a command wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Route {
+pub(crate) enum Route {
     /// The leader (produce).
     Leader,
     /// A follower if there is one, else the leader (consume).
@@ -102,14 +102,8 @@ const REACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// TLS (`https`) when it names a CA file). A server without GetServers (the book's own) or a
 /// single node is used as it is. Retries for [`REACH_TIMEOUT`] while no server answers or no
 /// leader is known.
-async fn connect_routed(connect: &Connect, route: Route) -> anyhow::Result<LogClient<Channel>> {
-    let tls = match &connect.ca_file {
-        Some(ca) => {
-            let identity = connect.cert_file.as_deref().zip(connect.key_file.as_deref());
-            Some(ringlog_service::tls::client_config(ca, identity)?)
-        }
-        None => None,
-    };
+pub(crate) async fn connect_routed(connect: &Connect, route: Route) -> anyhow::Result<Channel> {
+    let tls = tls_of(connect)?;
     let started = Instant::now();
     loop {
         let mut failures = Vec::new();
@@ -129,18 +123,50 @@ async fn connect_routed(connect: &Connect, route: Route) -> anyhow::Result<LogCl
     }
 }
 
+/// A client of the first server that `connect` names and that answers.
+pub(crate) async fn connect_any(connect: &Connect) -> anyhow::Result<Channel> {
+    let tls = tls_of(connect)?;
+    let mut failures = Vec::new();
+    for addr in connect.addr.split(',').map(str::trim).filter(|addr| !addr.is_empty()) {
+        match connect_with(addr, tls.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(error) => failures.push(format!("{error:#}")),
+        }
+    }
+    anyhow::bail!("no server answered: {}", failures.join("; "))
+}
+
+/// A client of the server at `addr`, with `connect`'s TLS settings.
+pub(crate) async fn connect_one(connect: &Connect, addr: &str) -> anyhow::Result<Channel> {
+    connect_with(addr, tls_of(connect)?).await
+}
+
+/// The TLS settings `connect` asks for.
+fn tls_of(connect: &Connect) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let tls = match &connect.ca_file {
+        Some(ca) => {
+            let identity = connect.cert_file.as_deref().zip(connect.key_file.as_deref());
+            Some(ringlog_service::tls::client_config(ca, identity)?)
+        }
+        None => None,
+    };
+    Ok(tls)
+}
+
 /// Asks the server at `addr` for the cluster's servers and connects to the one `route`
 /// wants.
-async fn pick(addr: &str, tls: Option<ClientTlsConfig>, route: Route) -> anyhow::Result<LogClient<Channel>> {
-    let mut client = connect_with(addr, tls.clone()).await?;
-    let servers = match client.get_servers(GetServersRequest {}).await {
+async fn pick(addr: &str, tls: Option<ClientTlsConfig>, route: Route) -> anyhow::Result<Channel> {
+    let channel = connect_with(addr, tls.clone()).await?;
+    let servers = match log_client(channel.clone()).get_servers(GetServersRequest {}).await {
         Ok(answer) => answer.into_inner().servers,
-        // The book's server has no GetServers: it is a single node.
-        Err(status) if status.code() == Code::Unimplemented => return Ok(client),
-        Err(status) => return Err(describe(status)),
+        // Unavailable: try another server. Anything else (the book's server has no
+        // GetServers; a client without a certificate is refused every call) is this server's
+        // answer to the real call too: make it there, so that its error is the one reported.
+        Err(status) if retryable(&status) => return Err(describe(status)),
+        Err(_) => return Ok(channel),
     };
     if servers.len() <= 1 {
-        return Ok(client);
+        return Ok(channel);
     }
     let leader = servers.iter().filter(|server| server.is_leader);
     let candidates: Vec<_> = match route {
@@ -154,14 +180,14 @@ async fn pick(addr: &str, tls: Option<ClientTlsConfig>, route: Route) -> anyhow:
     let mut failures = Vec::new();
     for server in candidates {
         match connect_with(&server.rpc_addr, tls.clone()).await {
-            Ok(client) => return Ok(client),
+            Ok(channel) => return Ok(channel),
             Err(error) => failures.push(format!("node {} ({}): {error:#}", server.id, server.rpc_addr)),
         }
     }
     anyhow::bail!("{}", failures.join("; "))
 }
 
-async fn connect_with(addr: &str, tls: Option<ClientTlsConfig>) -> anyhow::Result<LogClient<Channel>> {
+async fn connect_with(addr: &str, tls: Option<ClientTlsConfig>) -> anyhow::Result<Channel> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let url = if addr.contains("://") { addr.to_owned() } else { format!("{scheme}://{addr}") };
     let mut endpoint =
@@ -169,11 +195,14 @@ async fn connect_with(addr: &str, tls: Option<ClientTlsConfig>) -> anyhow::Resul
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls).context("setting up TLS")?;
     }
-    let channel =
-        endpoint.tcp_nodelay(true).connect().await.with_context(|| format!("connecting to {url}"))?;
-    // The server enforces the real record limit; accept whatever it can send.
+    endpoint.tcp_nodelay(true).connect().await.with_context(|| format!("connecting to {url}"))
+}
+
+/// A log.v1 client on `channel`, with message limits that fit any record (the server
+/// enforces the real limit).
+pub(crate) fn log_client(channel: Channel) -> LogClient<Channel> {
     let limit = message_bytes_max(u32::MAX);
-    Ok(LogClient::new(channel).max_decoding_message_size(limit).max_encoding_message_size(limit))
+    LogClient::new(channel).max_decoding_message_size(limit).max_encoding_message_size(limit)
 }
 
 fn request(value: Bytes) -> ProduceRequest {
@@ -209,7 +238,7 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let mut input_done = false;
     let mut outage: Option<Instant> = None;
     loop {
-        let mut client = connect_routed(&connect, Route::Leader).await?;
+        let mut client = log_client(connect_routed(&connect, Route::Leader).await?);
         let (requests, stream) = mpsc::channel::<ProduceRequest>(256);
         for value in &unanswered {
             requests.send(request(value.clone())).await.expect("the stream is open");
@@ -265,7 +294,7 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
 
 /// Prints records from `--from` on.
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let mut client = connect_routed(&args.connect, Route::Follower).await?;
+    let mut client = log_client(connect_routed(&args.connect, Route::Follower).await?);
     let mut out = std::io::stdout().lock();
     let mut next = args.from;
     let mut left = args.count.unwrap_or(u64::MAX);
@@ -302,7 +331,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                 return Err(describe(status));
             }
             eprintln!("ringlog: {}; following from offset {next} on another server", status.message());
-            client = connect_routed(&args.connect, Route::Follower).await?;
+            client = log_client(connect_routed(&args.connect, Route::Follower).await?);
         }
         return Ok(());
     }
@@ -366,7 +395,7 @@ fn escape(value: &[u8]) -> String {
 
 /// A status as an error line: its code and message, and where the log starts when the
 /// offset was dropped by retention.
-fn describe(status: Status) -> anyhow::Error {
+pub(crate) fn describe(status: Status) -> anyhow::Error {
     let lowest = (status.code() == Code::OutOfRange)
         .then(|| status.get_details_error_info())
         .flatten()

@@ -20,10 +20,11 @@ use tracing::{info, warn};
 
 use crate::{
     acl::Acl,
+    admin::AdminService,
     auth::Policy,
     cluster::Replica,
     metrics::{self, Metrics},
-    proto::{self, log_server::LogServer},
+    proto::{self, admin::cluster_server::ClusterServer, log_server::LogServer},
     rpc::RpcLayer,
     service::{LogService, Role, message_bytes_max},
     tls::TlsConfig,
@@ -195,6 +196,7 @@ impl Server {
                 Role::Single(proto::Server { id: id.to_string(), rpc_addr, is_leader: true })
             }
         };
+        let admin_service = ClusterServer::new(AdminService::new(log.clone(), role.clone()));
         let log_service = LogServer::new(LogService::new(log.clone(), stop_rx, metrics.clone(), role))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -230,6 +232,7 @@ impl Server {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(log_service)
+            .add_service(admin_service)
             .add_optional_service(replica.as_ref().map(|replica| replica.node().service()))
             .serve_with_incoming_shutdown(incoming, stopping);
         let node_stopped = async {
