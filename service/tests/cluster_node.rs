@@ -92,3 +92,127 @@ async fn a_one_voter_cluster_serves_log_v1_through_raft() {
     let (store, _sm) = ringlog_cluster::open(dir.path(), ringlog_engine::Config::default()).unwrap();
     assert_eq!(store.log().next_offset(), 3);
 }
+
+/// Three nodes in process, each served by `Server::replica` on its own port.
+struct Three {
+    addrs: Vec<std::net::SocketAddr>,
+    faults: Vec<Faults>,
+    stops: Vec<oneshot::Sender<()>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Three {
+    async fn start() -> Three {
+        let mut listeners = Vec::new();
+        for _ in 0..3 {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let peers: BTreeMap<u64, Peer> =
+            addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, Peer { addr: a.to_string() })).collect();
+        let names: BTreeMap<u64, String> = peers.iter().map(|(id, p)| (*id, p.addr.clone())).collect();
+        let (mut faults, mut stops, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let switch = Faults::new();
+            let config = ClusterConfig {
+                heartbeat_interval_ms: 100,
+                election_timeout_min_ms: 500,
+                election_timeout_max_ms: 1000,
+                ..ClusterConfig::default()
+            };
+            let node =
+                Node::start(i as u64 + 1, dir.path(), peers.clone(), config, switch.clone()).await.unwrap();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let server = Server::replica(Replica::new(node, names.clone(), 8 << 20));
+            tokio::spawn(server.serve(listener, async {
+                let _ = stopped.await;
+            }));
+            faults.push(switch);
+            stops.push(stop);
+            dirs.push(dir);
+        }
+        Three { addrs, faults, stops, _dirs: dirs }
+    }
+
+    async fn client(&self, i: usize) -> LogClient<tonic::transport::Channel> {
+        LogClient::connect(format!("http://{}", self.addrs[i])).await.unwrap()
+    }
+
+    /// The index of the leader, once every node names the same one.
+    async fn leader(&self) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut named = Vec::new();
+            for i in 0..3 {
+                let servers = self
+                    .client(i)
+                    .await
+                    .get_servers(GetServersRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .servers;
+                named.push(servers.iter().find(|s| s.is_leader).map(|s| s.id.clone()));
+            }
+            if let Some(Some(id)) = named.first().cloned()
+                && named.iter().all(|n| n.as_deref() == Some(id.as_str()))
+            {
+                return id.parse::<usize>().unwrap() - 1;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no agreed leader: {named:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A follower that lags (cut off from the leader's replication) still never calls an
+/// acknowledged offset missing: it asks the leader, and waits for the record to arrive.
+/// Produce on a follower is forwarded and gets the next offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_waits_for_an_acknowledged_record_instead_of_calling_it_missing() {
+    let cluster = Three::start().await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let lagging = (leader + 2) % 3;
+    let record = |v: &'static str| ProduceRequest {
+        record: Some(Record { value: v.into(), ..Record::default() }),
+        records: vec![],
+    };
+
+    // Forwarded from a follower: offsets from 0 as on the leader.
+    let first = cluster.client(follower).await.produce(record("forwarded")).await.unwrap().into_inner();
+    assert_eq!(first.offset, 0);
+
+    // Cut the lagging node off from Raft (its log.v1 port still answers), then produce.
+    let leader_id = leader as u64 + 1;
+    let others: Vec<u64> = (1..=3).filter(|&id| id != lagging as u64 + 1).collect();
+    cluster.faults[lagging].cut(others);
+    let acked = cluster.client(leader).await.produce(record("while cut off")).await.unwrap().into_inner();
+    assert_eq!(acked.offset, 1, "committed by the leader and the other follower");
+
+    // Heal a moment later: the lagging node's Consume must wait for the record, not fail.
+    let heal = cluster.faults[lagging].clone();
+    let healer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        heal.heal();
+    });
+    let read = cluster.client(lagging).await.consume(ConsumeRequest { offset: 1, max_records: 0 }).await;
+    let read = read
+        .unwrap_or_else(|status| panic!("the lagging node called acknowledged offset 1 missing: {status:?}"));
+    assert_eq!(read.into_inner().record.unwrap().value, "while cut off");
+    healer.await.unwrap();
+
+    // An offset nobody wrote is still OUT_OF_RANGE on a follower.
+    let missing = cluster
+        .client(lagging)
+        .await
+        .consume(ConsumeRequest { offset: 99, max_records: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::OutOfRange, "{missing:?}");
+    assert_ne!(leader_id, lagging as u64 + 1);
+    for stop in cluster.stops {
+        let _ = stop.send(());
+    }
+}
