@@ -292,8 +292,9 @@ impl Node {
     }
 
     /// Stops the node: its bootstrap, its Raft core, then its log (synced and closed, which
-    /// releases the directory for a restart).
-    pub async fn shutdown(self) -> Result<(), Error> {
+    /// releases the directory for a restart). Calls after the first only report the log's
+    /// state.
+    pub async fn shutdown(&self) -> Result<(), Error> {
         if let Some(task) = &self.bootstrap {
             task.abort();
         }

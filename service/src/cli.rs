@@ -4,10 +4,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, error::ContextKind};
+use ringlog_cluster::{Faults, Node, Peer};
 use ringlog_engine::Log;
 use ringlog_service::{
     Acl, Server, TlsConfig,
-    config::{ConfigError, LogFormat, Settings},
+    cluster::Replica,
+    config::{ClusterSettings, ConfigError, LogFormat, Settings},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -24,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a log over gRPC (log.v1, health, reflection) until SIGINT or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Append values (the arguments, or one per stdin line) and print their offsets.
     Produce(client::ProduceArgs),
     /// Print records as `offset<TAB>value`, from an offset on.
@@ -102,7 +104,7 @@ pub fn parse() -> Result<(Cli, ArgMatches), ExitCode> {
 /// Runs a parsed command.
 pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args, matches.subcommand_matches("serve").expect("serve's matches")),
+        Command::Serve(args) => serve(*args, matches.subcommand_matches("serve").expect("serve's matches")),
         Command::Produce(args) => runtime()?.block_on(client::produce(args)),
         Command::Consume(args) => runtime()?.block_on(client::consume(args)),
         Command::Certs(args) => certs(args),
@@ -137,8 +139,14 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         None => None,
     };
     let acl = config.acl_file.as_deref().map(Acl::from_file).transpose()?;
-    let log = Log::open(&config.data_dir, config.engine_config())
-        .with_context(|| format!("opening the log in {}", config.data_dir.display()))?;
+    let cluster = config.cluster()?;
+    let log = match &cluster {
+        Some(_) => None,
+        None => Some(
+            Log::open(&config.data_dir, config.engine_config())
+                .with_context(|| format!("opening the log in {}", config.data_dir.display()))?,
+        ),
+    };
     runtime()?.block_on(async {
         // Caught from here on: the server announces itself only after this, so a signal sent
         // as soon as it does never meets the default action (death without closing the log).
@@ -146,7 +154,13 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("listening on {} (setting `addr`)", config.addr))?;
-        let mut server = Server::new(log);
+        let mut server = match (log, cluster) {
+            (Some(log), _) => {
+                Server::new(log).identity(config.node_id.unwrap_or(1), config.advertise_addr.clone())
+            }
+            (None, Some(cluster)) => Server::replica(start_node(&config, cluster).await?),
+            (None, None) => unreachable!("a log or a cluster"),
+        };
         if let Some(tls) = tls {
             server = server.tls(tls);
         }
@@ -171,6 +185,21 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         server.serve(listener, shutdown).await?;
         anyhow::Ok(())
     })
+}
+
+/// Starts this node of the cluster (its storage in the data directory).
+async fn start_node(config: &Settings, cluster: ClusterSettings) -> anyhow::Result<Replica> {
+    let ClusterSettings { node_id, peers, config: cluster_config } = cluster;
+    let members = peers.iter().map(|(id, addr)| (*id, Peer { addr: addr.clone() })).collect();
+    let message_bytes_max = ringlog_service::message_bytes_max(config.max_record_bytes);
+    let node = Node::start(node_id, &config.data_dir, members, cluster_config, Faults::new())
+        .await
+        .with_context(|| format!("starting node {node_id} on {}", config.data_dir.display()))?;
+    let mut addrs = peers;
+    if let Some(advertised) = &config.advertise_addr {
+        addrs.insert(node_id, advertised.clone());
+    }
+    Ok(Replica::new(node, addrs, message_bytes_max))
 }
 
 fn certs(args: CertsArgs) -> anyhow::Result<()> {

@@ -111,7 +111,7 @@ pub struct Settings {
     /// What opening the log does with corruption in a sealed segment
     #[arg(long, env = "RINGLOG_ON_CORRUPTION", value_enum, default_value_t = CorruptionMode::Fail)]
     pub on_corruption: CorruptionMode,
-    /// Log filter, e.g. `info` or `ringlog_service=debug,info` [default: `RUST_LOG`, else info]
+    /// Log filter, e.g. `info` or `ringlog_service=debug,info` [default: `RUST_LOG`, else `info,openraft=warn`]
     #[arg(long, env = "RINGLOG_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
     /// Log line format
@@ -132,6 +132,36 @@ pub struct Settings {
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off]
     #[arg(long, env = "RINGLOG_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+    /// This node's id (in `--peers`; a single node reports it in GetServers) [default: 1]
+    #[arg(long, env = "RINGLOG_NODE_ID", value_name = "ID")]
+    pub node_id: Option<u64>,
+    /// Run as a node of a cluster whose first voters are these (`ID=HOST:PORT,...`, the
+    /// addresses peers and clients dial); without it, a single node
+    #[arg(long, env = "RINGLOG_PEERS", value_name = "ID=HOST:PORT,...")]
+    pub peers: Option<String>,
+    /// The address clients dial for this node, when not its address in `--peers` (or, for a
+    /// single node, its listen address)
+    #[arg(long, env = "RINGLOG_ADVERTISE_ADDR", value_name = "HOST:PORT")]
+    pub advertise_addr: Option<String>,
+    /// Cluster: how often the leader sends heartbeats; also the deadline of one replication
+    /// call, so it must cover a follower's fdatasync
+    #[arg(long, env = "RINGLOG_RAFT_HEARTBEAT_MS", value_name = "MS", default_value_t = 250)]
+    pub raft_heartbeat_ms: u64,
+    /// Cluster: a follower that hears no leader for between this and twice this starts an
+    /// election
+    #[arg(long, env = "RINGLOG_RAFT_ELECTION_TIMEOUT_MS", value_name = "MS", default_value_t = 1000)]
+    pub raft_election_timeout_ms: u64,
+}
+
+/// What `--peers` and the Raft settings make: this node's place in its cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// This node's id.
+    pub node_id: u64,
+    /// Every first voter's address (what peers and clients dial), by id.
+    pub peers: std::collections::BTreeMap<u64, String>,
+    /// openraft's and the engine's settings.
+    pub config: ringlog_cluster::ClusterConfig,
 }
 
 /// The files of the server's TLS settings.
@@ -241,7 +271,32 @@ impl Settings {
         if self.index_bytes < 1024 {
             return Err(invalid("index-bytes", format!("{} is below the minimum of 1024", self.index_bytes)));
         }
+        self.cluster()?;
         Ok(())
+    }
+
+    /// This node's cluster settings, `None` for a single node (no `--peers`).
+    pub fn cluster(&self) -> Result<Option<ClusterSettings>, ConfigError> {
+        let Some(text) = &self.peers else { return Ok(None) };
+        let peers = parse_peers(text).map_err(|reason| invalid("peers", reason))?;
+        let node_id = self.node_id.ok_or_else(|| invalid("node-id", "is needed with peers"))?;
+        if !peers.contains_key(&node_id) {
+            let ids: Vec<String> = peers.keys().map(u64::to_string).collect();
+            return Err(invalid("node-id", format!("{node_id} is not in peers ({})", ids.join(", "))));
+        }
+        if self.tls_cert_file.is_some() {
+            // The Raft transport does not speak TLS yet: a cluster would replicate in the clear.
+            return Err(invalid("peers", "a cluster cannot run with TLS yet (tls-cert-file is set)"));
+        }
+        let config = ringlog_cluster::ClusterConfig {
+            heartbeat_interval_ms: self.raft_heartbeat_ms,
+            election_timeout_min_ms: self.raft_election_timeout_ms,
+            election_timeout_max_ms: self.raft_election_timeout_ms.saturating_mul(2),
+            engine: self.engine_config(),
+            ..ringlog_cluster::ClusterConfig::default()
+        };
+        config.raft_config().map_err(|e| invalid("raft-election-timeout-ms", e.to_string()))?;
+        Ok(Some(ClusterSettings { node_id, peers, config }))
     }
 
     /// The server's TLS files, when it serves TLS (after [`Settings::check`], the certificate
@@ -254,12 +309,13 @@ impl Settings {
         })
     }
 
-    /// The tracing filter: `log-level`, else `RUST_LOG`, else `info`.
+    /// The tracing filter: `log-level`, else `RUST_LOG`, else `info` (with openraft at
+    /// `warn`: at `info` it logs its whole state at every start and every election).
     pub fn log_filter(&self) -> String {
         self.log_level
             .clone()
             .or_else(|| std::env::var("RUST_LOG").ok().filter(|filter| !filter.is_empty()))
-            .unwrap_or_else(|| "info".to_owned())
+            .unwrap_or_else(|| "info,openraft=warn".to_owned())
     }
 
     /// The engine configuration these settings ask for.
@@ -287,6 +343,28 @@ impl Settings {
             ..Config::default()
         }
     }
+}
+
+/// Parses `ID=HOST:PORT,...`.
+fn parse_peers(text: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
+    let mut peers = std::collections::BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| format!("`{part}` is not ID=HOST:PORT"))?;
+        let id: u64 =
+            id.trim().parse().map_err(|_| format!("`{id}` in `{part}` is not a node id (a number)"))?;
+        let addr = addr.trim();
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("`{addr}` has no :PORT"))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("`{addr}` is not HOST:PORT"));
+        }
+        if peers.insert(id, addr.to_owned()).is_some() {
+            return Err(format!("node id {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no peers given".into());
+    }
+    Ok(peers)
 }
 
 /// Parses TOML text into a table; the error says on which line.

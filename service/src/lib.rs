@@ -40,6 +40,7 @@
 pub mod acl;
 mod auth;
 pub mod certs;
+pub mod cluster;
 mod codec;
 pub mod config;
 mod metrics;

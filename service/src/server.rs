@@ -21,10 +21,11 @@ use tracing::{info, warn};
 use crate::{
     acl::Acl,
     auth::Policy,
+    cluster::Replica,
     metrics::{self, Metrics},
     proto::{self, log_server::LogServer},
     rpc::RpcLayer,
-    service::{LogService, message_bytes_max},
+    service::{LogService, Role, message_bytes_max},
     tls::TlsConfig,
 };
 
@@ -44,6 +45,13 @@ pub enum ServeError {
     /// The metrics endpoint failed.
     #[error("serving metrics: {0}")]
     Metrics(#[source] std::io::Error),
+    /// The Raft node stopped for good (a storage error, a panic in its core): the process
+    /// should exit and be restarted.
+    #[error("the raft node stopped: {0}")]
+    RaftStopped(String),
+    /// Stopping the Raft node (and closing its log) failed.
+    #[error("stopping the raft node: {0}")]
+    Cluster(#[from] ringlog_cluster::Error),
 }
 
 /// The gRPC server of one log.
@@ -61,6 +69,10 @@ pub enum ServeError {
 #[derive(Debug)]
 pub struct Server {
     log: Log,
+    /// A cluster node's Raft side; `None` for a single node.
+    replica: Option<Arc<Replica>>,
+    /// A single node's id and the address clients dial, for GetServers.
+    identity: (u64, Option<String>),
     shutdown_grace: Duration,
     tls: Option<TlsConfig>,
     acl: Option<Acl>,
@@ -70,7 +82,31 @@ pub struct Server {
 impl Server {
     /// A server for `log`.
     pub fn new(log: Log) -> Server {
-        Server { log, shutdown_grace: Duration::from_secs(30), tls: None, acl: None, metrics_listener: None }
+        Server {
+            log,
+            replica: None,
+            identity: (1, None),
+            shutdown_grace: Duration::from_secs(30),
+            tls: None,
+            acl: None,
+            metrics_listener: None,
+        }
+    }
+
+    /// A server for a node of a cluster: log.v1 over the node's log, produces through Raft
+    /// (see [`crate::cluster`]), and the node's `raft.v1` service on the same port. Stopping
+    /// the server stops the node; a fatal error of the node stops the server with
+    /// [`ServeError::RaftStopped`].
+    pub fn replica(replica: Replica) -> Server {
+        let log = replica.node().log().clone();
+        Server { replica: Some(Arc::new(replica)), ..Server::new(log) }
+    }
+
+    /// How a single node describes itself in GetServers: its id (default 1) and the
+    /// address clients dial (default: the address it listens on).
+    pub fn identity(mut self, id: u64, advertise_addr: Option<String>) -> Server {
+        self.identity = (id, advertise_addr);
+        self
     }
 
     /// Serves over TLS; with a client CA in `tls`, every call needs a client certificate
@@ -109,8 +145,13 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
         let log = self.log;
+        let replica = self.replica;
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<LogServer<LogService>>().await;
+        match &replica {
+            None => health.set_serving::<LogServer<LogService>>().await,
+            // A node serves log.v1 while it knows a leader (reads would be stale, writes fail).
+            Some(_) => health.set_not_serving::<LogServer<LogService>>().await,
+        }
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -137,11 +178,22 @@ impl Server {
             warn!("an ACL is set without mutual TLS: clients have no subject, so only `*` rules apply");
         }
         let limit = message_bytes_max(log.config().record_bytes_max);
-        let log_service = LogServer::new(LogService::new(log.clone(), stop_rx, metrics.clone()))
+        let addr = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let role = match &replica {
+            Some(replica) => {
+                tokio::spawn(report_leader(replica.clone(), health.clone(), stop_rx.clone()));
+                Role::Replica(replica.clone())
+            }
+            None => {
+                let (id, advertised) = &self.identity;
+                let rpc_addr = advertised.clone().unwrap_or_else(|| addr.clone());
+                Role::Single(proto::Server { id: id.to_string(), rpc_addr, is_leader: true })
+            }
+        };
+        let log_service = LogServer::new(LogService::new(log.clone(), stop_rx, metrics.clone(), role))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 
-        let addr = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let security = match (&self.tls, &policy.acl) {
             (None, _) => "plaintext",
@@ -152,7 +204,8 @@ impl Server {
         let durability = format!("{:?}", log.config().durability);
         info!(addr = %addr, dir = %log.dir().display(), backend = log.backend(), durability = %durability,
               lowest_offset = log.lowest_offset(), next_offset = log.next_offset(),
-              durable_offset = log.durable_offset(), security, "serving");
+              durable_offset = log.durable_offset(), security,
+              node_id = replica.as_ref().map(|r| r.node().id()), "serving");
         let (signalled, signalled_rx) = oneshot::channel::<()>();
         let stopping = async move {
             shutdown.await;
@@ -172,7 +225,14 @@ impl Server {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(log_service)
+            .add_optional_service(replica.as_ref().map(|replica| replica.node().service()))
             .serve_with_incoming_shutdown(incoming, stopping);
+        let node_stopped = async {
+            match &replica {
+                Some(replica) => replica.node().fatal().await.to_string(),
+                None => std::future::pending().await,
+            }
+        };
         let grace = self.shutdown_grace;
         let grace_over = async move {
             match signalled_rx.await {
@@ -181,18 +241,25 @@ impl Server {
             }
         };
         let served = tokio::select! {
-            served = serving => served,
+            served = serving => served.map_err(ServeError::from),
             () = grace_over => {
                 warn!(?grace, "calls still open after the shutdown grace period; closing the log anyway");
                 Ok(())
             }
+            reason = node_stopped => Err(ServeError::RaftStopped(reason)),
         };
 
         // Close even when serving failed, so that queued appends are finished and synced.
-        let closing = log.clone();
-        let closed = tokio::task::spawn_blocking(move || closing.close())
-            .await
-            .unwrap_or(Err(ringlog_engine::Error::Closed));
+        let closed = match &replica {
+            Some(replica) => replica.shutdown().await.map_err(ServeError::from),
+            None => {
+                let closing = log.clone();
+                tokio::task::spawn_blocking(move || closing.close())
+                    .await
+                    .unwrap_or(Err(ringlog_engine::Error::Closed))
+                    .map_err(ServeError::from)
+            }
+        };
         let metrics_served = match metrics_task {
             Some(task) => task.await.unwrap_or(Ok(())),
             None => Ok(()),
@@ -202,5 +269,37 @@ impl Server {
         metrics_served.map_err(ServeError::Metrics)?;
         info!(next_offset = log.next_offset(), "log closed");
         Ok(())
+    }
+}
+
+/// Keeps `log.v1.Log`'s health at SERVING while the node knows a leader and NOT_SERVING
+/// while it does not, until the server starts shutting down.
+async fn report_leader(
+    replica: Arc<Replica>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut metrics = replica.node().raft().metrics();
+    let mut reported = None;
+    loop {
+        let leader = metrics.borrow_watched().current_leader;
+        if reported != Some(leader.is_some()) {
+            match leader {
+                Some(leader) => {
+                    info!(leader, "leader known: serving log.v1");
+                    health.set_serving::<LogServer<LogService>>().await;
+                }
+                None => {
+                    warn!("no leader known: log.v1 reports NOT_SERVING until one is elected");
+                    health.set_not_serving::<LogServer<LogService>>().await;
+                }
+            }
+            reported = Some(leader.is_some());
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
     }
 }

@@ -24,9 +24,11 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, Span, debug};
 
 use crate::{
+    cluster::{Committed, FORWARDED, Replica},
     metrics::{Metrics, Open},
     proto::{
-        ConsumeRequest, ConsumeResponse, ProduceRequest, ProduceResponse, Record, log_server::Log as LogRpc,
+        ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceRequest,
+        ProduceResponse, Record, Server, log_server::Log as LogRpc,
     },
     status,
 };
@@ -92,12 +94,23 @@ pub struct LogService {
     /// Turns `true` when the server starts shutting down: streams stop taking new work.
     stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    /// How this server answers GetServers, and where produces go.
+    role: Role,
+}
+
+/// A single node appends to its log; a cluster node produces through Raft.
+#[derive(Clone, Debug)]
+pub(crate) enum Role {
+    /// A lone log: this server (its id and the address clients dial) leads itself.
+    Single(Server),
+    /// A node of a cluster.
+    Replica(Arc<Replica>),
 }
 
 impl LogService {
-    pub(crate) fn new(log: Log, stop: watch::Receiver<bool>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(log: Log, stop: watch::Receiver<bool>, metrics: Arc<Metrics>, role: Role) -> Self {
         let limits = Limits::for_log(&log);
-        LogService { log, limits, stop, metrics }
+        LogService { log, limits, stop, metrics, role }
     }
 
     /// The service over `log` outside a server: nothing ever shuts it down, so streams end
@@ -105,7 +118,8 @@ impl LogService {
     pub fn standalone(log: Log) -> Self {
         // The sender is dropped at once, which `stopping` reads as "no shutdown will come".
         let metrics = Arc::new(Metrics::new(log.clone()));
-        LogService::new(log, watch::channel(false).1, metrics)
+        let me = Server { id: "1".into(), rpc_addr: String::new(), is_leader: true };
+        LogService::new(log, watch::channel(false).1, metrics, Role::Single(me))
     }
 }
 
@@ -114,13 +128,24 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[tonic::async_trait]
 impl LogRpc for LogService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED);
         let values = values(request.into_inner(), self.limits.record_bytes_max)?;
         let count = values.len() as u64;
         let submitted = Instant::now();
-        let ticket = self.log.submit(values).map_err(|e| status::from_engine(&e))?;
-        let offset = ticket.await.map_err(|e| status::from_engine(&e))?;
+        let offset = append(&self.log, &self.role, values, forwarded).await?.await?;
         self.metrics.append_seconds.observe(submitted.elapsed().as_secs_f64());
         Ok(Response::new(ProduceResponse { offset, count }))
+    }
+
+    async fn get_servers(
+        &self,
+        _request: Request<GetServersRequest>,
+    ) -> Result<Response<GetServersResponse>, Status> {
+        let servers = match &self.role {
+            Role::Single(me) => vec![me.clone()],
+            Role::Replica(replica) => replica.servers(),
+        };
+        Ok(Response::new(GetServersResponse { servers }))
     }
 
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
@@ -171,6 +196,7 @@ impl LogRpc for LogService {
         let (answers, rx) = mpsc::channel(64);
         let pump = ProducePump {
             log: self.log.clone(),
+            role: self.role.clone(),
             limits: self.limits,
             stop: self.stop.clone(),
             requests: request.into_inner(),
@@ -180,6 +206,19 @@ impl LogRpc for LogService {
         };
         tokio::spawn(pump.run().instrument(Span::current()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Hands `values` to the log (a single node) or to Raft (a cluster node, which forwards to
+/// the leader unless it leads); the future gives the first offset once acknowledged. The
+/// await returns once they are queued, in the order of the calls.
+async fn append(log: &Log, role: &Role, values: Vec<Bytes>, forwarded: bool) -> Result<Committed, Status> {
+    match role {
+        Role::Single(_) => {
+            let ticket = log.submit(values).map_err(|e| status::from_engine(&e))?;
+            Ok(Box::pin(async move { ticket.await.map_err(|e| status::from_engine(&e)) }))
+        }
+        Role::Replica(replica) => replica.submit(values, forwarded).await,
     }
 }
 
@@ -305,6 +344,7 @@ impl Follower {
 /// One ProduceStream: reads requests, appends them, answers in order.
 struct ProducePump {
     log: Log,
+    role: Role,
     limits: Limits,
     stop: watch::Receiver<bool>,
     requests: Streaming<ProduceRequest>,
@@ -330,16 +370,22 @@ impl ProducePump {
             if !reading && pending.is_empty() {
                 break;
             }
-            let room = pending.len() < self.limits.produce_in_flight_max
-                && pending_bytes < self.limits.produce_in_flight_bytes_max;
+            // A follower forwards one request at a time, so that the leader numbers them in
+            // request order (clients that want pipelining produce to the leader).
+            let in_flight_max = match &self.role {
+                Role::Replica(replica) if replica.leader() != Some(replica.node().id()) => 1,
+                _ => self.limits.produce_in_flight_max,
+            };
+            let room =
+                pending.len() < in_flight_max && pending_bytes < self.limits.produce_in_flight_bytes_max;
             tokio::select! {
                 biased;
                 Some((appended, bytes)) = pending.next(), if !pending.is_empty() => {
                     pending_bytes -= bytes;
-                    let appended: ringlog_engine::Result<Vec<ProduceResponse>> = appended;
+                    let appended: Result<Vec<ProduceResponse>, Status> = appended;
                     let answers = match appended {
                         Ok(answers) => answers.into_iter().map(Ok).collect(),
-                        Err(error) => vec![Err(status::from_engine(&error))],
+                        Err(status) => vec![Err(status)],
                     };
                     for answer in answers {
                         let failed = answer.is_err();
@@ -392,7 +438,7 @@ impl ProducePump {
                         }
                     }
                     for (group, _, _) in groups {
-                        let (append, bytes, refused) = self.submit(group);
+                        let (append, bytes, refused) = self.submit(group).await;
                         if let Some(append) = append {
                             pending_bytes += bytes;
                             pending.push_back(append);
@@ -416,11 +462,11 @@ impl ProducePump {
     /// batch; returns the append (answers in request order), its value bytes, and the
     /// status that ends the stream if a request was refused.
     #[allow(clippy::type_complexity)]
-    fn submit(
+    async fn submit(
         &self,
         requests: Vec<ProduceRequest>,
     ) -> (
-        Option<impl Future<Output = (ringlog_engine::Result<Vec<ProduceResponse>>, usize)> + use<>>,
+        Option<impl Future<Output = (Result<Vec<ProduceResponse>, Status>, usize)> + use<>>,
         usize,
         Option<Status>,
     ) {
@@ -444,13 +490,13 @@ impl ProducePump {
         }
         let bytes = values.iter().map(Bytes::len).sum();
         let submitted = Instant::now();
-        let ticket = match self.log.submit(values) {
-            Ok(ticket) => ticket,
-            Err(error) => return (None, 0, Some(status::from_engine(&error))),
+        let committed = match append(&self.log, &self.role, values, false).await {
+            Ok(committed) => committed,
+            Err(status) => return (None, 0, Some(status)),
         };
         let append_seconds = self.metrics.append_seconds.clone();
         let append = async move {
-            let appended = ticket.await;
+            let appended = committed.await;
             append_seconds.observe(submitted.elapsed().as_secs_f64());
             let answers = appended.map(|first| {
                 let mut offset = first;

@@ -117,6 +117,28 @@ fn bad_settings_get_one_line_naming_the_setting() {
     std::fs::write(file.path(), "colour = \"blue\"\n").unwrap();
     let error = serve_fails(&["--config", file.path().to_str().unwrap()], &[]);
     assert!(error.contains("colour"), "{error}");
+
+    // Cluster settings: each mistake names its setting and says what is wrong.
+    let peers = "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3";
+    let error = serve_fails(&["--peers", peers], &[]);
+    assert!(error.contains("`node-id`") && error.contains("needed with peers"), "{error}");
+    let error = serve_fails(&["--peers", peers, "--node-id", "4"], &[]);
+    assert!(error.contains("`node-id`") && error.contains("4 is not in peers (1, 2, 3)"), "{error}");
+    for (bad, says) in [
+        ("1=127.0.0.1:1,1=127.0.0.1:2", "listed twice"),
+        ("1:127.0.0.1:1", "is not ID=HOST:PORT"),
+        ("one=127.0.0.1:1", "is not a node id"),
+        ("1=127.0.0.1", "has no :PORT"),
+        ("1=127.0.0.1:99999", "is not HOST:PORT"),
+    ] {
+        let error = serve_fails(&["--peers", bad, "--node-id", "1"], &[]);
+        assert!(error.contains("`peers`") && error.contains(says), "{bad}: {error}");
+    }
+    let error = serve_fails(
+        &[],
+        &[("RINGLOG_PEERS", peers), ("RINGLOG_NODE_ID", "1"), ("RINGLOG_RAFT_ELECTION_TIMEOUT_MS", "100")],
+    );
+    assert!(error.contains("raft-election-timeout-ms"), "{error}");
 }
 
 #[test]
@@ -183,4 +205,23 @@ async fn a_second_signal_during_a_slow_shutdown_exits_at_once() {
     .unwrap();
     assert_eq!(exit.code(), Some(2), "exits at once, not after the grace period ({line})");
     drop(watch);
+}
+
+/// A single node answers the book's GetServers with itself, as leader: by default id 1 at
+/// the address it listens on; `--node-id` and `--advertise-addr` change what it says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_answers_get_servers_with_itself_as_leader() {
+    use ringlog_service::proto::{GetServersRequest, Server};
+    let dir = tempfile::tempdir().unwrap();
+    for (args, id, advertised) in [
+        (vec![], "1", None),
+        (vec!["--node-id", "7", "--advertise-addr", "logs.example:8400"], "7", Some("logs.example:8400")),
+    ] {
+        let server = process::serve(dir.path(), &args).unwrap_or_else(|failed| panic!("{failed:?}"));
+        let servers =
+            server.client().await.get_servers(GetServersRequest {}).await.unwrap().into_inner().servers;
+        let rpc_addr = advertised.map_or_else(|| server.addr.to_string(), str::to_owned);
+        assert_eq!(servers, [Server { id: id.into(), rpc_addr, is_leader: true }], "{args:?}");
+        server.terminate();
+    }
 }

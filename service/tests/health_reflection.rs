@@ -61,7 +61,7 @@ async fn reflection_v1_lists_the_services_and_describes_log_v1() {
     assert_eq!(file.package(), "log.v1");
     let service = &file.service[0];
     let methods: Vec<_> = service.method.iter().map(|m| m.name()).collect();
-    assert_eq!(methods, ["Produce", "Consume", "ConsumeStream", "ProduceStream"]);
+    assert_eq!(methods, ["Produce", "Consume", "ConsumeStream", "ProduceStream", "GetServers"]);
     server.stop().await.unwrap();
 }
 

@@ -18,7 +18,7 @@ use futures_util::{Stream, StreamExt};
 use ringlog_service::{
     message_bytes_max,
     proto::{
-        ConsumeRequest, ConsumeResponse, ProduceRequest, ProduceResponse, Record,
+        self, ConsumeRequest, ConsumeResponse, ProduceRequest, ProduceResponse, Record,
         log_server::{Log as LogRpc, LogServer},
     },
 };
@@ -60,6 +60,15 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl LogRpc for BareService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         self.assign(request.get_ref()).map(Response::new)
+    }
+
+    async fn get_servers(
+        &self,
+        _request: Request<proto::GetServersRequest>,
+    ) -> Result<Response<proto::GetServersResponse>, Status> {
+        // One server, leading itself, as a single ringlog node answers.
+        let me = proto::Server { id: "1".into(), rpc_addr: String::new(), is_leader: true };
+        Ok(Response::new(proto::GetServersResponse { servers: vec![me] }))
     }
 
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
