@@ -68,8 +68,11 @@ async fn leader_sigkill_under_load_loses_no_acknowledged_record() {
             let read = cluster.check(&history, &format!("cycle {cycle}")).await;
             eprintln!(
                 "cycle {cycle}: killed leader {old}, new leader {new}; {} acknowledged so far, {} retries, \
-                 {} answer timeouts; records per node {read:?}, all checked",
-                summary.acked_total, summary.retries_total, summary.timeouts
+                 {} answer timeouts; records per node {read:?} ({} written twice by retries), all checked",
+                summary.acked_total,
+                summary.retries_total,
+                summary.timeouts,
+                history.lock().unwrap().extra_copies()
             );
         }
         let history = history.lock().unwrap();

@@ -85,6 +85,8 @@ pub struct History {
     /// with who named it.
     seen: BTreeMap<u64, (Bytes, String)>,
     observations: u64,
+    /// Copies beyond the first of each value, in the last observation.
+    extra_copies: u64,
 }
 
 impl History {
@@ -121,6 +123,12 @@ impl History {
     /// How many sends were retries (attempts beyond the first of each value).
     pub fn retries(&self) -> u64 {
         self.attempts.values().map(|n| n - 1).sum()
+    }
+
+    /// Copies beyond the first of each value in the last observation: writes that took
+    /// effect twice because a producer retried after an unknown outcome.
+    pub fn extra_copies(&self) -> u64 {
+        self.extra_copies
     }
 
     /// How many observations were checked.
@@ -162,6 +170,7 @@ impl History {
             }
             *appearances.entry(value).or_default() += 1;
         }
+        self.extra_copies = appearances.values().map(|n| n - 1).sum();
         for (value, appearances) in appearances {
             let attempts = self.attempts.get(value).copied().unwrap_or(0);
             if appearances > attempts {
@@ -259,6 +268,7 @@ mod tests {
         h.acked(4, b("p1-1"));
         assert_eq!(h.observe("n1", &log(&["p0-0", "p1-0", "p0-1", "p1-1", "p1-1"]), true), vec![]);
         assert_eq!(h.retries(), 1);
+        assert_eq!(h.extra_copies(), 1);
         // A third copy is one more than was ever sent.
         let v = h.observe("n2", &log(&["p0-0", "p1-0", "p0-1", "p1-1", "p1-1", "p1-1"]), true);
         assert!(matches!(&v[..], [Violation::Duplicated { appearances: 3, attempts: 2, .. }]), "{v:?}");

@@ -74,10 +74,12 @@ pub struct Cluster {
     liveness: Arc<Liveness>,
 }
 
-/// A free loopback port: bind port 0, read it, let it go.
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().unwrap()
+/// `n` free loopback ports: bind port 0 `n` times (all held at once, so they differ), read
+/// the ports, let them go.
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port")).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
 /// A client of `addr`, or `None` when nothing answers there (within a short connect bound).
@@ -96,7 +98,7 @@ impl Cluster {
     /// serving (all are spawned first: the lowest id initializes only when every peer
     /// answers).
     pub async fn start(n: usize) -> Cluster {
-        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let addrs = free_addrs(n);
         let peers =
             addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let nodes = addrs
@@ -141,50 +143,27 @@ impl Cluster {
         let mut starting = Vec::new();
         for &i in which {
             assert!(!self.is_live(i), "node {i} is already running");
-            let node = &mut self.nodes[i];
-            node.stderr.lock().unwrap().push(format!("----- node {} starts -----", node.id));
-            let mut command = Command::new(RINGLOG);
-            command
-                .arg("serve")
-                .args(["--node-id", &node.id.to_string()])
-                .args(["--addr", &node.addr.to_string()])
-                .arg("--data-dir")
-                .arg(node.dir.path())
-                .args(["--peers", &self.peers])
-                .args(["--durability", "always"])
-                .args(["--log-level", LOG_LEVEL])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            // Only the flags above configure the node.
-            for (key, _) in std::env::vars_os() {
-                if key.to_string_lossy().starts_with("RINGLOG_") || key == "RUST_LOG" {
-                    command.env_remove(key);
-                }
-            }
-            let mut child = command.spawn().expect("start ringlog serve");
-            let stderr = child.stderr.take().unwrap();
-            let kept = node.stderr.clone();
-            let (tx, rx) = mpsc::unbounded_channel();
-            // Keeps draining stderr so that the node never blocks on a full pipe.
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                    kept.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-            node.process = Some(child);
-            starting.push((i, rx));
+            starting.push((i, self.spawn(i)));
         }
         let deadline = Instant::now() + WAIT;
         for (i, mut rx) in starting {
+            let addr = self.nodes[i].addr;
             loop {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(line)) if line.contains("serving") && line.contains("addr=") => {
-                        let logged = crate::process::logged_addr(&line);
-                        assert_eq!(logged, Some(self.nodes[i].addr), "node {i} serves where it was told");
+                    Ok(Some(line))
+                        if line.contains("serving") && crate::process::logged_addr(&line) == Some(addr) =>
+                    {
                         break;
+                    }
+                    Ok(Some(line))
+                        if line.contains("Address already in use") && Instant::now() < deadline =>
+                    {
+                        // The port was picked free, but while this node was down another
+                        // connection may have taken it as its source port: try again.
+                        let child = self.nodes[i].process.take().unwrap();
+                        reap(child);
+                        tokio::time::sleep(POLL).await;
+                        rx = self.spawn(i);
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => panic!("node {i} exited before serving:\n{}", self.logs()),
@@ -194,14 +173,52 @@ impl Cluster {
         }
     }
 
+    /// Spawns node `i`; its stderr lines come on the returned channel (and into its log).
+    fn spawn(&mut self, i: usize) -> mpsc::UnboundedReceiver<String> {
+        let node = &mut self.nodes[i];
+        node.stderr.lock().unwrap().push(format!("----- node {} starts -----", node.id));
+        let mut command = Command::new(RINGLOG);
+        command
+            .arg("serve")
+            .args(["--node-id", &node.id.to_string()])
+            .args(["--addr", &node.addr.to_string()])
+            .arg("--data-dir")
+            .arg(node.dir.path())
+            .args(["--peers", &self.peers])
+            .args(["--durability", "always"])
+            .args(["--log-level", LOG_LEVEL])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // Only the flags above configure the node.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RINGLOG_") || key == "RUST_LOG" {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command.spawn().expect("start ringlog serve");
+        let stderr = child.stderr.take().unwrap();
+        let kept = node.stderr.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Keeps draining stderr so that the node never blocks on a full pipe.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        node.process = Some(child);
+        rx
+    }
+
     /// SIGKILL node `i` and reap it.
     pub fn kill(&mut self, i: usize) {
         // Counted before the signal, so that a producer that sees the connection break
         // already sees the kill.
         self.liveness.kills[i].fetch_add(1, Ordering::SeqCst);
-        let mut child = self.nodes[i].process.take().unwrap_or_else(|| panic!("node {i} is not running"));
-        child.kill().expect("SIGKILL ringlog serve");
-        child.wait().expect("reap ringlog serve");
+        let child = self.nodes[i].process.take().unwrap_or_else(|| panic!("node {i} is not running"));
+        reap(child);
         self.nodes[i].stderr.lock().unwrap().push(format!("----- node {} SIGKILLed -----", i + 1));
     }
 
@@ -281,6 +298,13 @@ impl Cluster {
             .ok()?
             .ok()?
             .into_inner();
+        let leaders: Vec<&str> =
+            answer.servers.iter().filter(|s| s.is_leader).map(|s| s.id.as_str()).collect();
+        assert!(leaders.len() <= 1, "node {i}: GetServers marks several leaders: {leaders:?}");
+        // Before the cluster is initialized a node may not know the members yet.
+        let leader =
+            leaders.first()?.parse::<usize>().unwrap_or_else(|_| panic!("node {i}: leader id {leaders:?}"))
+                - 1;
         let mut listed: Vec<(u64, String)> = answer
             .servers
             .iter()
@@ -294,10 +318,7 @@ impl Cluster {
         listed.sort();
         let expected: Vec<(u64, String)> = self.nodes.iter().map(|n| (n.id, n.addr.to_string())).collect();
         assert_eq!(listed, expected, "node {i}: GetServers lists every member at its --peers address");
-        let leaders: Vec<&str> =
-            answer.servers.iter().filter(|s| s.is_leader).map(|s| s.id.as_str()).collect();
-        assert!(leaders.len() <= 1, "node {i}: GetServers marks several leaders: {leaders:?}");
-        leaders.first().map(|id| id.parse::<usize>().unwrap() - 1)
+        Some(leader)
     }
 
     /// Waits (bounded) until node `i` serves `offset` through Consume: it has committed and
@@ -418,10 +439,15 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // A failed test must not leave nodes behind.
         for node in &mut self.nodes {
-            if let Some(mut child) = node.process.take() {
-                let _ = child.kill();
-                let _ = child.wait();
+            if let Some(child) = node.process.take() {
+                reap(child);
             }
         }
     }
+}
+
+/// SIGKILL (if still running) and wait for the process to be gone.
+fn reap(mut child: Child) {
+    let _ = child.kill();
+    child.wait().expect("reap ringlog serve");
 }
