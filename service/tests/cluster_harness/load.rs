@@ -3,10 +3,11 @@
 //!
 //! Producer `k` prefers node `k` (so most of them write through a follower, which forwards
 //! to the leader) and moves to the next node when its node refuses connections. Producers
-//! 0 and 1 use ProduceStream with up to [`WINDOW`] requests in flight; producer 2 uses unary
-//! Produce. Every send is recorded before it goes out ([`History::sent`]) and every answer
-//! as an acknowledgement. When a call fails, what was in flight has an unknown outcome and
-//! is sent again (a retry the history allows to appear twice).
+//! 0 and 1 use ProduceStream with up to [`WINDOW`] requests in flight (one after a failure,
+//! until the new stream answers); producer 2 uses unary Produce. Every send is recorded
+//! before it goes out ([`History::sent`]) and every answer as an acknowledgement. When a
+//! call fails, what was in flight has an unknown outcome and is sent again (a retry the
+//! history allows to appear twice).
 //!
 //! A failure code other than UNAVAILABLE is a service bug, unless the node the producer
 //! talked to was SIGKILLed during the call (then the code is whatever the broken
@@ -219,6 +220,10 @@ async fn stream_producer(shared: Shared, producer: u64) {
         let mut tx = Some(tx);
         // Sent on this stream and not answered yet, in request order.
         let mut pending: VecDeque<Bytes> = VecDeque::new();
+        // After a failure, one request until the stream answers: while there is no leader
+        // a whole window of retries would only add attempts (and so weaken what the history
+        // can tell about duplicates).
+        let mut window = if retry.is_empty() { WINDOW } else { 1 };
         let failure = loop {
             let stopping = shared.stopping();
             if stopping {
@@ -226,7 +231,7 @@ async fn stream_producer(shared: Shared, producer: u64) {
                 tx = None;
             }
             if let Some(sender) = &tx {
-                while pending.len() < WINDOW {
+                while pending.len() < window {
                     let value = retry.pop_front().unwrap_or_else(|| {
                         seq += 1;
                         shared.value(producer, seq - 1)
@@ -248,6 +253,7 @@ async fn stream_producer(shared: Shared, producer: u64) {
                             shared.unexpected(format!("producer {producer}: {answer:?} for one record"));
                         }
                         shared.ack(answer.offset, value);
+                        window = WINDOW;
                     }
                     Ok(Ok(None)) => {
                         if !(stopping && pending.is_empty()) {
