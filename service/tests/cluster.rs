@@ -23,7 +23,8 @@ use std::{
     time::Duration,
 };
 
-use cluster_harness::{Cluster, history::History, load::Load};
+use cluster_harness::{Cluster, follow, history::History, load::Load};
+use tokio::sync::watch;
 
 /// Acknowledgements to wait for in each phase of load.
 const LOAD: u64 = 100;
@@ -98,16 +99,20 @@ async fn a_follower_killed_under_load_catches_up_after_restart() {
         load.wait_acked(LOAD, &format!("with follower {follower} down")).await;
         let missed = history.lock().unwrap().last_acked().unwrap();
         cluster.restart(follower).await;
+        // A book client follows the restarted follower with ConsumeStream from 0 while it
+        // catches up and producers go on: the stream waits for the follower's committed
+        // records and must deliver every one, in order.
+        let (read_through, through) = watch::channel(None);
+        let reader = tokio::spawn(follow(cluster.client(follower).await, follower, through));
         load.wait_acked(LOAD / 2, &format!("after restarting follower {follower}")).await;
         let summary = load.stop().await;
         assert!(summary.unexpected.is_empty(), "unexpected failures: {:#?}", summary.unexpected);
 
-        // The follower gets everything, including what was acknowledged while it was down:
-        // a book client following it with ConsumeStream (started while it may still be
-        // catching up, so the stream waits for its committed records) reads it all in order.
+        // The follower gets everything, including what was acknowledged while it was down.
         let last = history.lock().unwrap().last_acked().unwrap();
         assert!(last >= missed);
-        let streamed = cluster.read_stream(follower, last).await;
+        read_through.send_replace(Some(last));
+        let streamed = reader.await.expect("the ConsumeStream reader");
         cluster.record(&history, follower, &streamed, "the restarted follower through ConsumeStream");
         let read = cluster.check(&history, "after the follower's restart").await;
         eprintln!(

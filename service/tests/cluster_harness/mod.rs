@@ -25,7 +25,10 @@ use std::{
 use bytes::Bytes;
 use history::History;
 use ringlog_service::proto::{ConsumeRequest, GetServersRequest, log_client::LogClient};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tonic::{
     Code,
     transport::{Channel, Endpoint},
@@ -380,26 +383,10 @@ impl Cluster {
         }
     }
 
-    /// Node `i`'s log from 0 through offset `through`, with ConsumeStream (one record per
-    /// message, as the book's clients read); each message is waited for within [`WAIT`].
+    /// Node `i`'s log from 0 through offset `through`, with ConsumeStream (see [`follow`]).
     pub async fn read_stream(&self, i: usize, through: u64) -> Vec<(u64, Bytes)> {
-        let mut client = self.client(i).await;
-        let mut stream = client
-            .consume_stream(ConsumeRequest { offset: 0, max_records: 0 })
-            .await
-            .unwrap_or_else(|status| panic!("node {i}: ConsumeStream: {status:?}"))
-            .into_inner();
-        let mut records = Vec::new();
-        while records.len() as u64 <= through {
-            let message = tokio::time::timeout(WAIT, stream.message())
-                .await
-                .unwrap_or_else(|_| panic!("node {i}: ConsumeStream stalled after {} records", records.len()))
-                .unwrap_or_else(|status| panic!("node {i}: ConsumeStream failed: {status:?}"))
-                .unwrap_or_else(|| panic!("node {i}: ConsumeStream ended after {} records", records.len()));
-            let record = message.record.expect("ConsumeStream with max_records 0 answers with a record");
-            records.push((record.offset, record.value));
-        }
-        records
+        let (_through, rx) = watch::channel(Some(through));
+        follow(self.client(i).await, i, rx).await
     }
 
     /// Every live node caught up with the last acknowledged offset, and its whole log checked
@@ -442,6 +429,42 @@ impl Drop for Cluster {
             if let Some(child) = node.process.take() {
                 reap(child);
             }
+        }
+    }
+}
+
+/// Node `i`'s log from 0 with ConsumeStream (one record per message, as the book's clients
+/// read), following its committed tail until `through` names an offset and that offset has
+/// been read. Each message is waited for within [`WAIT`] (while the offset is not named yet
+/// or not reached).
+pub async fn follow(
+    mut client: LogClient<Channel>,
+    i: usize,
+    mut through: watch::Receiver<Option<u64>>,
+) -> Vec<(u64, Bytes)> {
+    let mut stream = client
+        .consume_stream(ConsumeRequest { offset: 0, max_records: 0 })
+        .await
+        .unwrap_or_else(|status| panic!("node {i}: ConsumeStream: {status:?}"))
+        .into_inner();
+    let mut records = Vec::new();
+    let mut named = true;
+    loop {
+        if let Some(through) = *through.borrow()
+            && records.len() as u64 > through
+        {
+            return records;
+        }
+        tokio::select! {
+            message = tokio::time::timeout(WAIT, stream.message()) => {
+                let message = message
+                    .unwrap_or_else(|_| panic!("node {i}: ConsumeStream stalled after {} records", records.len()))
+                    .unwrap_or_else(|status| panic!("node {i}: ConsumeStream failed: {status:?}"))
+                    .unwrap_or_else(|| panic!("node {i}: ConsumeStream ended after {} records", records.len()));
+                let record = message.record.expect("ConsumeStream with max_records 0 answers with a record");
+                records.push((record.offset, record.value));
+            }
+            changed = through.changed(), if named => named = changed.is_ok(),
         }
     }
 }
