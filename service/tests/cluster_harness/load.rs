@@ -172,8 +172,10 @@ impl Shared {
         self.acked.notify_waiters();
     }
 
-    /// Judges a failed call to `node` that started when the node had been killed `kills`
-    /// times. Returns whether the producer should move to another node.
+    /// Judges a failed call to `node` on a connection made when the node had been killed
+    /// `kills` times (a kill since then broke the connection, so any code is the broken
+    /// connection's, not the service's). Returns whether the producer should move to
+    /// another node.
     fn failed(&self, producer: u64, node: usize, kills: u64, status: &Status) -> bool {
         let killed = self.liveness.kills(node) != kills;
         if status.code() != Code::Unavailable && !killed {
@@ -293,23 +295,27 @@ async fn unary_producer(shared: Shared, producer: u64) {
     let mut node = producer as usize % n;
     let mut seq = 0;
     let mut retry: Option<Bytes> = None;
+    // The client, with the node's kill count when it connected: a kill after that breaks
+    // the connection, whenever the next call on it is made.
     let mut client = None;
     while !shared.stopping() {
-        let kills = shared.liveness.kills(node);
         if client.is_none() {
-            client = connect(shared.addrs[node]).await;
+            let kills = shared.liveness.kills(node);
+            client = connect(shared.addrs[node]).await.map(|client| (client, kills));
             if client.is_none() {
                 node = (node + 1) % n;
                 tokio::time::sleep(BACKOFF).await;
                 continue;
             }
         }
+        let (connected, kills) = client.as_mut().unwrap();
+        let kills = *kills;
         let value = retry.take().unwrap_or_else(|| {
             seq += 1;
             shared.value(producer, seq - 1)
         });
         shared.sent(&value);
-        let call = client.as_mut().unwrap().produce(request(value.clone()));
+        let call = connected.produce(request(value.clone()));
         match tokio::time::timeout(ANSWER_BOUND, call).await {
             Ok(Ok(answer)) => {
                 let answer = answer.into_inner();
