@@ -7,7 +7,8 @@
 //! A producer that gets any failure code but UNAVAILABLE from a live node fails the test.
 //!
 //! Load is counted in acknowledgements, never in time: each phase waits for [`LOAD`] more
-//! (a few hundred records per test). Every wait is bounded, and so is each test as a whole.
+//! (several hundred records per test, a few seconds). Every wait is bounded, and so is each
+//! test as a whole.
 //!
 //! `RINGLOG_CLUSTER_SOAK=<cycles>` runs that many leader kill/restart cycles in
 //! `leader_sigkill_under_load_loses_no_acknowledged_record` (default 1), each checked as
