@@ -179,7 +179,7 @@ impl Cluster {
     /// Spawns node `i`; its stderr lines come on the returned channel (and into its log).
     fn spawn(&mut self, i: usize) -> mpsc::UnboundedReceiver<String> {
         let node = &mut self.nodes[i];
-        node.stderr.lock().unwrap().push(format!("----- node {} starts -----", node.id));
+        node.stderr.lock().unwrap().push("----- starts -----".to_owned());
         let mut command = Command::new(RINGLOG);
         command
             .arg("serve")
@@ -222,7 +222,7 @@ impl Cluster {
         self.liveness.kills[i].fetch_add(1, Ordering::SeqCst);
         let child = self.nodes[i].process.take().unwrap_or_else(|| panic!("node {i} is not running"));
         reap(child);
-        self.nodes[i].stderr.lock().unwrap().push(format!("----- node {} SIGKILLed -----", i + 1));
+        self.nodes[i].stderr.lock().unwrap().push("----- SIGKILLed -----".to_owned());
     }
 
     /// Starts node `i` again on its directory and port.
@@ -250,9 +250,9 @@ impl Cluster {
     /// The last lines of every node's stderr.
     pub fn logs(&self) -> String {
         let mut text = String::new();
-        for node in &self.nodes {
+        for (i, node) in self.nodes.iter().enumerate() {
             let lines = node.stderr.lock().unwrap();
-            text.push_str(&format!("===== node {} ({}), last lines =====\n", node.id, node.addr));
+            text.push_str(&format!("===== node {i} (id {}, {}), last lines =====\n", node.id, node.addr));
             for line in &lines[lines.len().saturating_sub(40)..] {
                 text.push_str(line);
                 text.push('\n');
@@ -408,7 +408,7 @@ impl Cluster {
 
     /// Checks one complete observation of node `i` (it has every acknowledged offset).
     pub fn record(&self, history: &Mutex<History>, i: usize, records: &[(u64, Bytes)], when: &str) {
-        let violations = history.lock().unwrap().observe(&format!("node {}", i + 1), records, true);
+        let violations = history.lock().unwrap().observe(&format!("node {i}"), records, true);
         if !violations.is_empty() {
             let list: Vec<String> = violations.iter().take(20).map(|v| format!("  {v}")).collect();
             panic!(
