@@ -1,6 +1,7 @@
-//! Generates the log.v1 server and client from `proto/log/v1/log.proto` with protox (a
-//! pure-Rust protobuf compiler, so no system `protoc` is needed), and writes the file
-//! descriptor set that server reflection serves.
+//! Generates the log.v1 server and client from `proto/log/v1/log.proto`, and the cluster
+//! administration's from `proto/admin/v1/admin.proto`, with protox (a pure-Rust protobuf
+//! compiler, so no system `protoc` is needed), and writes the file descriptor set that
+//! server reflection serves.
 
 use std::{env, path::PathBuf};
 
@@ -8,12 +9,14 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
-    let proto = root.join("log/v1/log.proto");
-    println!("cargo:rerun-if-changed={}", proto.display());
+    let protos = [root.join("log/v1/log.proto"), root.join("admin/v1/admin.proto")];
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
 
-    let fds = protox::compile([&proto], [&root])?;
+    let fds = protox::compile(&protos, [&root])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(out.join("log_v1_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(out.join("ringlog_descriptor.bin"), fds.encode_to_vec())?;
 
     tonic_prost_build::configure()
         .codec_path("crate::codec::Codec")

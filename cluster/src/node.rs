@@ -81,7 +81,37 @@ pub enum Error {
     /// Closing the engine's log at shutdown failed (its last sync, or an earlier poison).
     #[error("closing the log: {0}")]
     Close(#[from] ringlog_engine::Error),
+    /// The data directory belongs to another node.
+    #[error(
+        "{dir} holds the data of node {found}, not of node {id}: start node {found} on it, or give node {id} its own directory"
+    )]
+    WrongNode {
+        /// The directory.
+        dir: PathBuf,
+        /// The id this node was started with.
+        id: NodeId,
+        /// The id the directory belongs to.
+        found: String,
+    },
+    /// The node starts with an empty directory, yet the cluster already counts it as a
+    /// member: it lost its data, and rejoining under its old id could lose committed records
+    /// (it would vote and acknowledge as if it held entries it does not).
+    #[error(
+        "node {id} starts with an empty data directory ({dir}), but node {peer} lists node {id} as a member of the cluster: a member that lost its data must not rejoin under its old id, since that can lose committed records. Remove node {id} from the cluster, then add this machine back as a new node with an id never used before"
+    )]
+    LostData {
+        /// The directory.
+        dir: PathBuf,
+        /// This node's id.
+        id: NodeId,
+        /// The peer that knows it as a member.
+        peer: NodeId,
+    },
 }
+
+/// The file in a node's directory that says which node it belongs to, written once when the
+/// node first starts on it.
+pub const IDENTITY_FILE: &str = "node-id";
 
 /// A node's settings, with defaults for a shared 2-core machine.
 ///
@@ -210,11 +240,19 @@ impl Node {
         let raft_config = Arc::new(config.raft_config()?);
         let dir = dir.as_ref();
         let storage_error = |source| Error::Storage { dir: dir.to_path_buf(), source };
+        let known = read_identity(dir, id)?;
         let (store, sm) = crate::open(dir, config.engine.clone()).map_err(storage_error)?;
         let log = store.log().clone();
         let pristine = is_pristine(&log)?;
 
         let network = Network::new(id, &config, faults.clone());
+        if !known {
+            let checked = if pristine { refuse_if_member(id, dir, &network, &peers).await } else { Ok(()) };
+            if let Err(error) = checked.and_then(|()| write_identity(dir, id).map_err(storage_error)) {
+                let _ = log.close();
+                return Err(error);
+            }
+        }
         let raft = match Raft::new(id, raft_config, network.clone(), store, sm).await {
             Ok(raft) => raft,
             Err(fatal) => {
@@ -304,6 +342,55 @@ impl Node {
         self.log.close()?;
         Ok(())
     }
+}
+
+/// Whether `dir` is known to belong to node `id` (its identity file says so); `false` when
+/// it has none yet; an error when it belongs to another node.
+fn read_identity(dir: &Path, id: NodeId) -> Result<bool, Error> {
+    match std::fs::read_to_string(dir.join(IDENTITY_FILE)) {
+        Ok(text) if text.trim() == id.to_string() => Ok(true),
+        Ok(text) => Err(Error::WrongNode { dir: dir.to_path_buf(), id, found: text.trim().to_owned() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(Error::Storage { dir: dir.to_path_buf(), source }),
+    }
+}
+
+/// Writes `dir`'s identity file durably (temporary file, fsync, rename, directory fsync).
+fn write_identity(dir: &Path, id: NodeId) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let mut file = std::fs::File::create(&temp)?;
+    writeln!(file, "{id}")?;
+    file.sync_all()?;
+    std::fs::rename(&temp, dir.join(IDENTITY_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A node whose directory is new must not be a member already (`Error::LostData`). Asks
+/// every peer once; peers that do not answer cannot say, so a node that lost its data while
+/// every peer is down is not caught here.
+async fn refuse_if_member(
+    id: NodeId,
+    dir: &Path,
+    network: &Network,
+    peers: &BTreeMap<NodeId, Peer>,
+) -> Result<(), Error> {
+    // All at once: a peer that is not serving yet costs the timeout once, not once each.
+    let asked = peers.iter().filter(|(p, _)| **p != id).map(|(&peer, addr)| async move {
+        (peer, network.client(peer, addr).status(Duration::from_secs(1)).await)
+    });
+    for (peer, reply) in futures_util::future::join_all(asked).await {
+        let Ok(reply) = reply else { continue };
+        if reply.membership.is_empty() {
+            continue;
+        }
+        let membership = crate::codec::decode_membership(&reply.membership)
+            .map_err(|source| Error::Storage { dir: dir.to_path_buf(), source })?;
+        if membership.nodes().any(|(member, _)| *member == id) {
+            return Err(Error::LostData { dir: dir.to_path_buf(), id, peer });
+        }
+    }
+    Ok(())
 }
 
 /// The bootstrap rule of the module docs, run by the lowest node when it started pristine.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use common::{Cluster, WAIT, entries};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
-use ringlog_cluster::{NodeId, Record};
+use ringlog_cluster::{Faults, Node, NodeId, Record};
 
 /// Waits until every node in `ids` has applied the last entry of `leader`'s log, then checks
 /// that their engine logs hold the same entries and that each applied its whole log. (The
@@ -258,4 +258,35 @@ async fn records_of_the_largest_size_replicate_within_the_message_limit() {
     }
     assert_replicas_agree(&cluster, leader, &[1, 2, 3]).await;
     assert_records(&cluster, &[1, 2, 3], &written).await;
+}
+
+/// A member that lost its data must not come back under its old id (it could vote and
+/// acknowledge as if it held entries it lost, and so lose committed records): started on an
+/// empty directory while its peers count it as a member, it refuses and says what to do. A
+/// directory of another node is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_on_an_empty_directory_refuses_to_rejoin() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    write_in_order(&cluster, leader, 0, &[Bytes::from_static(b"committed")]).await;
+    let lost = if leader == 3 { 2 } else { 3 };
+    cluster.stop(lost).await;
+    std::fs::remove_dir_all(cluster.dir(lost)).unwrap();
+
+    let started =
+        Node::start(lost, cluster.dir(lost), cluster.peers.clone(), cluster.config(), Faults::new()).await;
+    let Err(error) = started else { panic!("node {lost} rejoined on an empty directory") };
+    assert!(matches!(error, ringlog_cluster::Error::LostData { id, .. } if id == lost), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("empty data directory") && message.contains("new node"), "{message}");
+
+    // Another node's directory: refused before anything is opened.
+    let other = if lost == 1 { 2 } else { 1 };
+    let wrong =
+        Node::start(lost, cluster.dir(other), cluster.peers.clone(), cluster.config(), Faults::new()).await;
+    let Err(error) = wrong else { panic!("node {lost} started on node {other}'s directory") };
+    assert!(
+        matches!(&error, ringlog_cluster::Error::WrongNode { found, .. } if *found == other.to_string()),
+        "{error}"
+    );
 }

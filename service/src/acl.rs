@@ -25,6 +25,8 @@ pub enum Action {
     Produce,
     /// Read records: `Consume` and `ConsumeStream`.
     Consume,
+    /// Change a cluster's membership: `AddNode` and `RemoveNode` of `ringlog.admin.v1`.
+    Admin,
 }
 
 impl Action {
@@ -33,6 +35,7 @@ impl Action {
         match self {
             Action::Produce => "produce",
             Action::Consume => "consume",
+            Action::Admin => "admin",
         }
     }
 }
@@ -105,8 +108,11 @@ impl Acl {
             let action = match action {
                 "produce" => Action::Produce,
                 "consume" => Action::Consume,
+                "admin" => Action::Admin,
                 other => {
-                    return Err(fail(format!("unknown action `{other}` (expected `produce` or `consume`)")));
+                    return Err(fail(format!(
+                        "unknown action `{other}` (expected `produce`, `consume` or `admin`)"
+                    )));
                 }
             };
             let subject = (subject != "*").then(|| subject.to_owned());

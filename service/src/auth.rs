@@ -70,11 +70,12 @@ impl Caller {
 }
 
 /// The action a gRPC method needs, by its path (`/log.v1.Log/Produce`); `None` for calls
-/// that need only authentication (health, reflection).
+/// that need only authentication (health, reflection, GetServers, the cluster's status).
 pub(crate) fn action(path: &str) -> Option<Action> {
     match path {
         "/log.v1.Log/Produce" | "/log.v1.Log/ProduceStream" => Some(Action::Produce),
         "/log.v1.Log/Consume" | "/log.v1.Log/ConsumeStream" => Some(Action::Consume),
+        "/ringlog.admin.v1.Cluster/AddNode" | "/ringlog.admin.v1.Cluster/RemoveNode" => Some(Action::Admin),
         _ => None,
     }
 }

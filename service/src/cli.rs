@@ -31,6 +31,8 @@ enum Command {
     Produce(client::ProduceArgs),
     /// Print records as `offset<TAB>value`, from an offset on.
     Consume(client::ConsumeArgs),
+    /// Show a cluster's state (`status`), or add or remove a node.
+    Cluster(crate::cluster_commands::ClusterArgs),
     /// Write a development CA, a server certificate for localhost and client certificates,
     /// or more certificates signed by a CA kept earlier (`--ca-dir`).
     Certs(CertsArgs),
@@ -107,6 +109,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args, matches.subcommand_matches("serve").expect("serve's matches")),
         Command::Produce(args) => runtime()?.block_on(client::produce(args)),
         Command::Consume(args) => runtime()?.block_on(client::consume(args)),
+        Command::Cluster(args) => runtime()?.block_on(crate::cluster_commands::run(args)),
         Command::Certs(args) => certs(args),
     }
 }

@@ -29,7 +29,11 @@ use ringlog_cluster::{Node, NodeId, Record as RaftRecord, TypeConfig};
 use tonic::{Request, Status, transport::Channel};
 use tracing::debug;
 
-use crate::proto::{ProduceRequest, Record, Server, log_client::LogClient};
+use crate::proto::{
+    ProduceRequest, Record, Server,
+    admin::{StatusRequest, cluster_client::ClusterClient},
+    log_client::LogClient,
+};
 
 /// The metadata key a forwarded produce carries: its receiver must be the leader.
 pub(crate) const FORWARDED: &str = "ringlog-forwarded";
@@ -44,8 +48,8 @@ pub struct Replica {
     /// Where clients dial each node: `--peers`, with `--advertise-addr` for this one.
     addrs: BTreeMap<NodeId, String>,
     message_bytes_max: usize,
-    /// The channel to the leader last forwarded to.
-    leader_channel: Mutex<Option<(NodeId, LogClient<Channel>)>>,
+    /// The channel to the leader last talked to.
+    leader_channel: Mutex<Option<(NodeId, Channel)>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -185,13 +189,21 @@ impl Replica {
         })
     }
 
-    /// A client of the leader's log.v1 service, cached while the leader stays the same.
+    /// A client of the leader's log.v1 service, on a channel cached while the leader stays
+    /// the same.
     fn leader_client(&self, leader: NodeId) -> Result<LogClient<Channel>, Status> {
+        let client = LogClient::new(self.leader_channel(leader)?)
+            .max_decoding_message_size(self.message_bytes_max)
+            .max_encoding_message_size(self.message_bytes_max);
+        Ok(client)
+    }
+
+    fn leader_channel(&self, leader: NodeId) -> Result<Channel, Status> {
         let mut cached = self.leader_channel.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((id, client)) = cached.as_ref()
+        if let Some((id, channel)) = cached.as_ref()
             && *id == leader
         {
-            return Ok(client.clone());
+            return Ok(channel.clone());
         }
         let addr = self
             .servers()
@@ -202,11 +214,25 @@ impl Replica {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Status::unavailable(format!("the leader's address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(1));
-        let client = LogClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(self.message_bytes_max)
-            .max_encoding_message_size(self.message_bytes_max);
-        *cached = Some((leader, client.clone()));
-        Ok(client)
+        let channel = endpoint.connect_lazy();
+        *cached = Some((leader, channel.clone()));
+        Ok(channel)
+    }
+
+    /// On a follower, the offset below which the leader serves records (everything it
+    /// acknowledged is below it); `None` on the leader, which serves whatever it acknowledged.
+    pub(crate) async fn leader_readable_offset(&self) -> Result<Option<u64>, Status> {
+        let me = self.node.id();
+        let leader = match self.leader() {
+            Some(leader) if leader == me => return Ok(None),
+            Some(leader) => leader,
+            None => return Err(Status::unavailable(format!("node {me} knows no leader: retry"))),
+        };
+        let mut admin = ClusterClient::new(self.leader_channel(leader)?);
+        let status = admin.status(StatusRequest {}).await.map_err(|e| {
+            Status::unavailable(format!("asking the leader (node {leader}) how far it is: {e}"))
+        })?;
+        Ok(Some(status.into_inner().readable_offset))
     }
 }
 

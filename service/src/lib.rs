@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acl;
+mod admin;
 mod auth;
 pub mod certs;
 pub mod cluster;

@@ -1,7 +1,8 @@
 //! `ringlog`: serve a log over gRPC, or talk to one.
 //!
 //! `ringlog serve` runs the server; `ringlog produce` and `ringlog consume` are a small
-//! client for people and scripts; `ringlog certs` makes certificates for trying TLS. The
+//! client for people and scripts; `ringlog cluster` shows and changes a cluster;
+//! `ringlog certs` makes certificates for trying TLS. The
 //! load generator is a binary of its own (`ringlog-bench`, in `benches/loadgen`). See
 //! `ringlog --help`.
 
@@ -9,6 +10,7 @@
 
 mod cli;
 mod client;
+mod cluster_commands;
 
 use std::process::ExitCode;
 

@@ -4,7 +4,10 @@
 //! and append latency, open streams), kept in `prometheus-client` metrics; and the
 //! engine's own numbers (`Log::stats`, segments, size, offsets), read from the log on each
 //! scrape by a collector, so there is no second copy to keep in step; that includes the
-//! engine's fsync latency buckets, exported as the `ringlog_fsync_seconds` histogram.
+//! engine's fsync latency buckets, exported as the `ringlog_fsync_seconds` histogram. A
+//! cluster node adds its Raft state (`ringlog_raft_*`: term, leader, last log, committed and
+//! applied index, and on the leader each follower's matched index and lag), read from
+//! openraft's metrics at scrape time too, and counts the leader changes it has seen.
 //!
 //! Registries are per server, never process-global, so tests can run many servers in one
 //! process and each sees only its own numbers.
@@ -60,11 +63,13 @@ pub(crate) struct Metrics {
     pub(crate) followers: Gauge,
     /// Open ProduceStreams.
     pub(crate) produce_streams: Gauge,
+    /// Changes of the leader this node has seen (cluster nodes).
+    pub(crate) leader_changes: Counter,
 }
 
 impl Metrics {
-    /// Metrics for a server of `log`.
-    pub(crate) fn new(log: Log) -> Metrics {
+    /// Metrics for a server of `log`, and of its Raft node when it has one.
+    pub(crate) fn new(log: Log, raft: Option<ringlog_cluster::Raft>) -> Metrics {
         let mut registry = Registry::default();
         let calls = Family::<CallLabels, Counter>::default();
         let call_seconds =
@@ -94,7 +99,16 @@ impl Metrics {
             produce_streams.clone(),
         );
         registry.register_collector(Box::new(EngineCollector { log }));
-        Metrics { registry, calls, call_seconds, append_seconds, followers, produce_streams }
+        let leader_changes = Counter::default();
+        if let Some(raft) = raft {
+            registry.register(
+                "ringlog_raft_leader_changes",
+                "Times this node saw the leader change (elections, and losing the leader)",
+                leader_changes.clone(),
+            );
+            registry.register_collector(Box::new(RaftCollector { raft }));
+        }
+        Metrics { registry, calls, call_seconds, append_seconds, followers, produce_streams, leader_changes }
     }
 
     /// The OpenMetrics text of every metric.
@@ -208,6 +222,77 @@ impl Collector for EngineCollector {
         }
         gauge(e, "ringlog_next_offset", "The offset the next record will get", log.next_offset())?;
         gauge(e, "ringlog_durable_offset", "Records below this offset are synced", log.durable_offset())?;
+        Ok(())
+    }
+}
+
+/// Reads a cluster node's Raft state at scrape time.
+#[derive(Debug)]
+struct RaftCollector {
+    raft: ringlog_cluster::Raft,
+}
+
+/// A follower's label on the leader's replication metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FollowerLabels {
+    follower: String,
+}
+
+impl Collector for RaftCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use openraft::async_runtime::WatchReceiver;
+        let m = self.raft.metrics().borrow_watched().clone();
+        let e = &mut encoder;
+        let next = |id: Option<ringlog_cluster::LogId>| id.map_or(0, |id| id.index + 1);
+        gauge(e, "ringlog_raft_term", "The node's current Raft term", m.current_term)?;
+        if let Some(leader) = m.current_leader {
+            gauge(e, "ringlog_raft_leader_id", "The leader this node knows (absent while none)", leader)?;
+        }
+        let leading = u64::from(m.state == openraft::ServerState::Leader);
+        gauge(e, "ringlog_raft_is_leader", "1 on the leader, else 0", leading)?;
+        gauge(
+            e,
+            "ringlog_raft_last_log_index",
+            "One past the last Raft entry in this node's log",
+            m.last_log_index.map_or(0, |i| i + 1),
+        )?;
+        gauge(
+            e,
+            "ringlog_raft_committed_index",
+            "One past the last entry this node knows committed",
+            next(m.cluster_committed),
+        )?;
+        gauge(
+            e,
+            "ringlog_raft_applied_index",
+            "One past the last entry applied here (consumers read below it)",
+            next(m.last_applied),
+        )?;
+        if let Some(replication) = &m.replication {
+            let last = m.last_log_index.map_or(0, |i| i + 1);
+            let matched = Family::<FollowerLabels, Gauge>::default();
+            let lag = Family::<FollowerLabels, Gauge>::default();
+            for (follower, id) in replication.iter().filter(|(id, _)| **id != m.id) {
+                let labels = FollowerLabels { follower: follower.to_string() };
+                let at = next(*id);
+                matched.get_or_create(&labels).set(i64::try_from(at).unwrap_or(i64::MAX));
+                lag.get_or_create(&labels).set(i64::try_from(last.saturating_sub(at)).unwrap_or(i64::MAX));
+            }
+            let help = "Leader only: one past the last entry each follower is known to hold";
+            matched.encode(e.encode_descriptor(
+                "ringlog_raft_follower_matched_index",
+                help,
+                None,
+                matched.metric_type(),
+            )?)?;
+            let help = "Leader only: entries each follower is behind the leader's log";
+            lag.encode(e.encode_descriptor(
+                "ringlog_raft_follower_lag_entries",
+                help,
+                None,
+                lag.metric_type(),
+            )?)?;
+        }
         Ok(())
     }
 }

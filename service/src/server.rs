@@ -20,10 +20,11 @@ use tracing::{info, warn};
 
 use crate::{
     acl::Acl,
+    admin::AdminService,
     auth::Policy,
     cluster::Replica,
     metrics::{self, Metrics},
-    proto::{self, log_server::LogServer},
+    proto::{self, admin::cluster_server::ClusterServer, log_server::LogServer},
     rpc::RpcLayer,
     service::{LogService, Role, message_bytes_max},
     tls::TlsConfig,
@@ -162,7 +163,7 @@ impl Server {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let (stop, stop_rx) = watch::channel(false);
-        let metrics = Arc::new(Metrics::new(log.clone()));
+        let metrics = Arc::new(Metrics::new(log.clone(), replica.as_ref().map(|r| r.node().raft().clone())));
         let metrics_task = self.metrics_listener.map(|listener| {
             let mut stop_rx = stop_rx.clone();
             let stopping = async move {
@@ -181,7 +182,12 @@ impl Server {
         let addr = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
         let role = match &replica {
             Some(replica) => {
-                tokio::spawn(report_leader(replica.clone(), health.clone(), stop_rx.clone()));
+                tokio::spawn(report_leader(
+                    replica.clone(),
+                    health.clone(),
+                    metrics.clone(),
+                    stop_rx.clone(),
+                ));
                 Role::Replica(replica.clone())
             }
             None => {
@@ -190,6 +196,7 @@ impl Server {
                 Role::Single(proto::Server { id: id.to_string(), rpc_addr, is_leader: true })
             }
         };
+        let admin_service = ClusterServer::new(AdminService::new(log.clone(), role.clone()));
         let log_service = LogServer::new(LogService::new(log.clone(), stop_rx, metrics.clone(), role))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -225,6 +232,7 @@ impl Server {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(log_service)
+            .add_service(admin_service)
             .add_optional_service(replica.as_ref().map(|replica| replica.node().service()))
             .serve_with_incoming_shutdown(incoming, stopping);
         let node_stopped = async {
@@ -277,13 +285,19 @@ impl Server {
 async fn report_leader(
     replica: Arc<Replica>,
     health: tonic_health::server::HealthReporter,
+    counters: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     use openraft::async_runtime::WatchReceiver;
     let mut metrics = replica.node().raft().metrics();
     let mut reported = None;
+    let mut last_leader = None;
     loop {
         let leader = metrics.borrow_watched().current_leader;
+        if leader != last_leader {
+            counters.leader_changes.inc();
+            last_leader = leader;
+        }
         if reported != Some(leader.is_some()) {
             match leader {
                 Some(leader) => {

@@ -50,6 +50,16 @@ pub fn message_bytes_max(record_bytes_max: u32) -> usize {
     (record_bytes_max as usize).max(BATCH_BYTES_MIN) + MESSAGE_OVERHEAD_BYTES
 }
 
+/// How long a lagging follower waits for a record the leader already serves.
+const FOLLOWER_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether `status` says the offset is not written (yet) rather than dropped.
+fn not_written(status: &Status) -> bool {
+    use tonic_types::StatusExt;
+    status.code() == tonic::Code::OutOfRange
+        && status.get_details_error_info().is_some_and(|info| info.metadata.contains_key("next"))
+}
+
 /// Most ProduceStream requests handed to the engine as one batch.
 const COALESCE_REQUESTS_MAX: usize = 64;
 
@@ -117,7 +127,7 @@ impl LogService {
     /// only when their client does (or the log is closed).
     pub fn standalone(log: Log) -> Self {
         // The sender is dropped at once, which `stopping` reads as "no shutdown will come".
-        let metrics = Arc::new(Metrics::new(log.clone()));
+        let metrics = Arc::new(Metrics::new(log.clone(), None));
         let me = Server { id: "1".into(), rpc_addr: String::new(), is_leader: true };
         LogService::new(log, watch::channel(false).1, metrics, Role::Single(me))
     }
@@ -150,8 +160,33 @@ impl LogRpc for LogService {
 
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
         let request = request.into_inner();
-        let (response, _) = read(&self.log, &self.limits, request.offset, request.max_records)?;
-        Ok(Response::new(response))
+        match read(&self.log, &self.limits, request.offset, request.max_records) {
+            Err(status) if not_written(&status) => {
+                // A follower may lag: an offset it lacks may be acknowledged already. Only the
+                // leader can say; if it is, wait (bounded) for it here rather than call it
+                // missing.
+                if let Role::Replica(replica) = &self.role
+                    && let Some(leader_readable) = replica.leader_readable_offset().await?
+                    && request.offset < leader_readable
+                {
+                    let caught_up =
+                        tokio::time::timeout(FOLLOWER_CATCH_UP, self.log.wait_for(request.offset)).await;
+                    match caught_up {
+                        Ok(waited) => waited.map_err(|e| status::from_engine(&e))?,
+                        Err(_) => {
+                            return Err(Status::unavailable(format!(
+                                "offset {} is committed but this node has not caught up within {FOLLOWER_CATCH_UP:?}: retry, or ask another node",
+                                request.offset
+                            )));
+                        }
+                    };
+                    let (response, _) = read(&self.log, &self.limits, request.offset, request.max_records)?;
+                    return Ok(Response::new(response));
+                }
+                Err(status)
+            }
+            result => Ok(Response::new(result?.0)),
+        }
     }
 
     type ConsumeStreamStream = BoxStream<ConsumeResponse>;

@@ -212,6 +212,16 @@ impl Cluster {
         }
     }
 
+    /// Node `id`'s data directory.
+    pub fn dir(&self, id: NodeId) -> std::path::PathBuf {
+        self.members[&id].dir.clone()
+    }
+
+    /// The settings every node runs with.
+    pub fn config(&self) -> ClusterConfig {
+        self.config.clone()
+    }
+
     /// Waits until node `id` has applied up to `index`.
     pub async fn applied(&self, id: NodeId, index: u64) {
         self.node(id)

@@ -17,6 +17,8 @@
 //! group, most of a 100-record group's cost). `Log::sync` does the same. A request never overtakes one queued
 //! before it, so each caller's appends keep their order. Non-blocking submits (the async
 //! service) always go through the channel, so no IO runs on an async runtime's threads.
+//! The thread starts with the first message; a log used only by blocking callers never
+//! starts it (and a close then stops the appender on the closing thread).
 //!
 //! Acknowledgement follows the durability setting. With `Always`, written requests go to
 //! the syncer thread, which runs `fdatasync` and completes them, while the appender is
@@ -88,16 +90,68 @@ pub(crate) struct AppenderLink {
     /// Messages sent and not yet handled. A caller writes inline only at zero, so that it
     /// never overtakes a queued request.
     queued: Arc<AtomicUsize>,
+    /// The appender's thread, started by the first message: a log whose callers all block
+    /// and find the appender idle never needs one (and opens and closes without one).
+    thread: Mutex<Thread>,
+}
+
+enum Thread {
+    NotStarted(Receiver<Message>),
+    Running(thread::JoinHandle<()>),
+    Stopped,
 }
 
 impl AppenderLink {
-    /// Queues `message` for the appender's thread; gives it back if the thread is gone.
+    /// Queues `message` for the appender's thread (starting it if need be); gives it back
+    /// if the thread is gone or cannot start (which poisons the log).
     pub(crate) fn send(&self, message: Message) -> std::result::Result<(), Message> {
+        {
+            let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+            match std::mem::replace(&mut *thread, Thread::Stopped) {
+                Thread::NotStarted(rx) => match self.start(rx) {
+                    Ok(handle) => *thread = Thread::Running(handle),
+                    Err(error) => {
+                        lock(&self.state)
+                            .shared
+                            .set_poison_reason(&format!("starting the appender thread: {error}"));
+                        return Err(message);
+                    }
+                },
+                Thread::Running(handle) => *thread = Thread::Running(handle),
+                Thread::Stopped => return Err(message),
+            }
+        }
         self.queued.fetch_add(1, Ordering::SeqCst);
         self.tx.send(message).map_err(|mpsc::SendError(message)| {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             message
         })
+    }
+
+    fn start(&self, rx: Receiver<Message>) -> std::io::Result<thread::JoinHandle<()>> {
+        let shared = Arc::clone(&lock(&self.state).shared);
+        let (state, queued) = (Arc::clone(&self.state), Arc::clone(&self.queued));
+        let thread_shared = Arc::clone(&shared);
+        spawn_guarded("ringlog-appender", &shared, move || run(&thread_shared, &state, &rx, &queued))
+    }
+
+    /// Stops the appender once (on its thread if it runs, else here): what was queued is
+    /// written, the active segment synced and trimmed. Later calls report `Ok`.
+    pub(crate) fn close(&self) -> Result<()> {
+        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *thread, Thread::Stopped) {
+            Thread::NotStarted(_) => lock(&self.state).stop(),
+            Thread::Running(handle) => {
+                let (reply, done) = oneshot::channel();
+                let result = match self.tx.send(Message::Close(reply)) {
+                    Ok(()) => done.recv().unwrap_or_else(|_| Err(lock(&self.state).shared.poison_error())),
+                    Err(_) => Err(lock(&self.state).shared.poison_error()),
+                };
+                let _ = handle.join();
+                result
+            }
+            Thread::Stopped => Ok(()),
+        }
     }
 
     /// The appender's state, locked for the calling thread, if the appender is idle and
@@ -315,11 +369,9 @@ fn refuse_queued(rx: &Receiver<Message>) {
 }
 
 impl Appender {
-    /// Starts the appender's thread (and the syncer's, for `Interval` and `Always`).
-    pub(crate) fn spawn(
-        shared: Arc<Shared>,
-        last_term: u64,
-    ) -> std::io::Result<(AppenderLink, thread::JoinHandle<()>)> {
+    /// The appender of `shared`'s log, and the syncer's thread for `Interval` and `Always`
+    /// (the appender's own thread starts with the first message it is sent).
+    pub(crate) fn spawn(shared: Arc<Shared>, last_term: u64) -> std::io::Result<AppenderLink> {
         let syncer = match shared.config.durability {
             Durability::None => None,
             durability => {
@@ -344,16 +396,19 @@ impl Appender {
             unsynced_bytes: 0,
         };
         let (tx, rx) = mpsc::channel();
-        let link = AppenderLink { tx, state: Arc::new(Mutex::new(appender)), queued: Arc::default() };
-        let (state, queued) = (Arc::clone(&link.state), Arc::clone(&link.queued));
-        let thread_shared = Arc::clone(&shared);
-        let handle =
-            spawn_guarded("ringlog-appender", &shared, move || run(&thread_shared, &state, &rx, &queued))?;
-        Ok((link, handle))
+        Ok(AppenderLink {
+            tx,
+            state: Arc::new(Mutex::new(appender)),
+            queued: Arc::default(),
+            thread: Mutex::new(Thread::NotStarted(rx)),
+        })
     }
 
     /// Shuts down once: drains the syncer, syncs and trims the active segment.
     fn stop(&mut self) -> Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
         let _ = self.finish_in_flight();
         self.stopped = true;
         self.shutdown()

@@ -6,7 +6,8 @@
 //! metadata file). A single node only ever writes data entries, so its offsets are its
 //! indexes.
 //!
-//! Appends, truncation and purge go to the appender thread (see `appender`); reads run on
+//! Appends, truncation and purge go to the appender (its thread, or a blocking caller that
+//! finds it idle: see `appender`); reads run on
 //! the caller's thread against published state and never wait for the appender. Tailing
 //! readers wait on an event the appender fires each time it publishes, so an idle
 //! follower costs nothing. With `Durability::Always`, record readers see only durable
@@ -19,7 +20,6 @@ use std::{
         Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    thread,
     time::{Duration, Instant},
 };
 
@@ -76,7 +76,8 @@ pub struct Log {
 struct Inner {
     shared: Arc<Shared>,
     appender_link: AppenderLink,
-    appender: Mutex<Option<thread::JoinHandle<()>>>,
+    /// Whether `close` ran (later calls report the poison, or `Ok`).
+    close_started: AtomicBool,
     report: RecoveryReport,
 }
 
@@ -153,11 +154,11 @@ impl Log {
             stats: Counters::default(),
             dir_lock: Mutex::new(Some(dir_lock)),
         });
-        let (appender_link, appender) = Appender::spawn(Arc::clone(&shared), recovered.last_term)
-            .context(|| "starting the appender thread".into())?;
+        let appender_link = Appender::spawn(Arc::clone(&shared), recovered.last_term)
+            .context(|| "starting the syncer thread".into())?;
         let report = recovered.report;
-        let appender = Mutex::new(Some(appender));
-        Ok(Log { inner: Arc::new(Inner { shared, appender_link, appender, report }) })
+        let close_started = AtomicBool::new(false);
+        Ok(Log { inner: Arc::new(Inner { shared, appender_link, close_started, report }) })
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -474,19 +475,14 @@ impl Log {
 
 impl Inner {
     fn close(&self) -> Result<()> {
-        let Some(appender) = self.appender.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        if self.close_started.swap(true, Ordering::AcqRel) {
             return match self.shared.poison.get() {
                 Some(_) => Err(self.shared.poison_error()),
                 None => Ok(()),
             };
-        };
+        }
         self.shared.closed.store(true, Ordering::Release);
-        let (reply, done) = oneshot::channel();
-        let result = match self.appender_link.send(Message::Close(reply)) {
-            Ok(()) => done.recv().unwrap_or_else(|_| Err(self.shared.poison_error())),
-            Err(_) => Err(self.shared.poison_error()),
-        };
-        let _ = appender.join();
+        let result = self.appender_link.close();
         if let Some(lock) = self.shared.dir_lock.lock().unwrap_or_else(|p| p.into_inner()).take()
             && result.is_ok()
             && self.shared.poison.get().is_none()
