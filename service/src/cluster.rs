@@ -3,7 +3,7 @@
 //! Every node serves every call (`replication.md`, decisions 4 and 6). Reads need nothing
 //! from here: the node's log only lets readers see what this node applied, so Consume and
 //! ConsumeStream read committed records from the local log as on a single node. A produce
-//! goes through Raft on the leader ([`Replica::submit`]): its records become consecutive
+//! goes through Raft on the leader (`Replica::submit`): its records become consecutive
 //! entries of one batch, so their offsets are contiguous, and it is answered once they are
 //! applied here (committed on a majority). A node that is not the leader forwards the request
 //! to the leader over a cached channel, marked so that the leader never forwards it again.
