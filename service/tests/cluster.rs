@@ -158,3 +158,83 @@ async fn killing_all_three_loses_nothing_acknowledged_and_the_cluster_serves_aga
     })
     .await;
 }
+
+/// Runs `ringlog <args>` (a client command); returns its exit status, stdout and stderr.
+fn ringlog(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(process::RINGLOG)
+        .args(args)
+        .env_remove("RINGLOG_ADDR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ringlog");
+    let input = stdin.unwrap_or("").to_owned();
+    let mut pipe = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        let _ = pipe.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The `ringlog` CLI routes as the book's resolver and picker do: given the nodes (one of
+/// them dead), it produces through the leader and consumes from a follower; it follows a
+/// leader change; and `ringlog cluster status` shows one line per node with the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_the_leader_and_the_cluster_commands_show_it() {
+    bounded(Duration::from_secs(180), async {
+        let mut cluster = Cluster::start(3).await;
+        let leader = cluster.leader().await;
+        let addrs: Vec<String> = cluster.addrs().iter().map(|a| a.to_string()).collect();
+        let all = addrs.join(",");
+
+        let (ok, out, err) = tokio::task::spawn_blocking({
+            let all = all.clone();
+            move || ringlog(&["produce", "--addr", &all, "one", "two"], None)
+        })
+        .await
+        .unwrap();
+        assert!(ok, "{err}");
+        assert_eq!(out, "0\n1\n");
+
+        // The leader dies: the CLI, given every node (the dead one first), finds the new one.
+        cluster.kill(leader);
+        let dead_first = std::iter::once(addrs[leader].clone())
+            .chain(addrs.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, a)| a.clone()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let (ok, out, err) = tokio::task::spawn_blocking({
+            let dead_first = dead_first.clone();
+            move || ringlog(&["produce", "--addr", &dead_first], Some("three\nfour\n"))
+        })
+        .await
+        .unwrap();
+        assert!(ok, "{err}");
+        assert_eq!(out, "2\n3\n");
+        let (ok, out, err) = tokio::task::spawn_blocking(move || {
+            ringlog(&["consume", "--addr", &dead_first, "--from", "0"], None)
+        })
+        .await
+        .unwrap();
+        assert!(ok, "{err}");
+        assert_eq!(out, "0\tone\n1\ttwo\n2\tthree\n3\tfour\n");
+
+        let new_leader = cluster.leader().await;
+        let (ok, out, err) =
+            tokio::task::spawn_blocking(move || ringlog(&["cluster", "status", "--addr", &all], None))
+                .await
+                .unwrap();
+        assert!(ok, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "a header and one line per node:\n{out}");
+        let leader_line = lines.iter().find(|l| l.starts_with(&format!("{} ", new_leader + 1))).unwrap();
+        assert!(leader_line.contains(" leader "), "{out}");
+        let dead_line = lines.iter().find(|l| l.starts_with(&format!("{} ", leader + 1))).unwrap();
+        assert!(dead_line.contains("unreachable"), "{out}");
+        assert_eq!(lines.iter().filter(|l| l.contains(" follower ")).count(), 1, "{out}");
+    })
+    .await;
+}
