@@ -215,19 +215,26 @@ pub fn decode_header_as(buf: &[u8], value_len_max: u32, format: Format) -> Resul
 /// Decodes the (version 2) frame at the start of `buf` into an entry whose payload shares
 /// `buf`'s memory. Returns the entry and the frame's length.
 pub fn decode(buf: &Bytes, value_len_max: u32) -> Result<(Entry, usize), FrameError> {
-    decode_as(buf, value_len_max, Format::V2)
+    decode_as(buf, 0, value_len_max, Format::V2)
 }
 
-/// [`decode`] for a frame of `format`.
-pub fn decode_as(buf: &Bytes, value_len_max: u32, format: Format) -> Result<(Entry, usize), FrameError> {
-    let header = decode_header_as(buf, value_len_max, format)?;
+/// [`decode`] for a frame of `format` that starts at byte `at` of `buf` (a read of many
+/// frames decodes each in place: only its payload becomes a `Bytes` of its own).
+pub fn decode_as(
+    buf: &Bytes,
+    at: usize,
+    value_len_max: u32,
+    format: Format,
+) -> Result<(Entry, usize), FrameError> {
+    let header = decode_header_as(&buf[at..], value_len_max, format)?;
+    let len = header.frame_len();
     let entry = Entry {
         id: header.id,
         kind: header.kind,
         timestamp_ms: header.timestamp_ms,
-        payload: buf.slice(usize::from(header.header_len)..header.frame_len()),
+        payload: buf.slice(at + usize::from(header.header_len)..at + len),
     };
-    Ok((entry, header.frame_len()))
+    Ok((entry, len))
 }
 
 #[cfg(test)]
@@ -283,7 +290,7 @@ mod tests {
         v1.extend_from_slice(b"hi");
         let crc = checksum(&v1);
         v1[..4].copy_from_slice(&crc.to_le_bytes());
-        let (entry, len) = decode_as(&Bytes::from(v1), 16, Format::V1).unwrap();
+        let (entry, len) = decode_as(&Bytes::from(v1), 0, 16, Format::V1).unwrap();
         assert_eq!(len, 26);
         assert_eq!(
             (entry.id, entry.kind, entry.timestamp_ms),

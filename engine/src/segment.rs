@@ -139,19 +139,10 @@ impl Segment {
         let mut at = 0usize;
         for i in 0..count {
             let expected = index + u64::from(i);
-            // Decoded in place: only the value becomes a `Bytes` of its own.
-            let frame = &bytes[at..];
             let position = start + at as u64;
-            let value_len_max = frame.len().saturating_sub(format.header_len()) as u32;
-            let header = record::decode_header_as(frame, value_len_max, format)
+            let value_len_max = (bytes.len() - at).saturating_sub(format.header_len()) as u32;
+            let (entry, len) = record::decode_as(&bytes, at, value_len_max, format)
                 .map_err(|e| Error::corrupt(self.store.path(), position, e))?;
-            let len = header.frame_len();
-            let entry = Entry {
-                id: header.id,
-                kind: header.kind,
-                timestamp_ms: header.timestamp_ms,
-                payload: bytes.slice(at + usize::from(header.header_len)..at + len),
-            };
             if entry.id.index != expected {
                 return Err(Error::corrupt(
                     self.store.path(),

@@ -47,7 +47,7 @@ use syncer::{SyncJob, run_syncer, spawn_guarded, sync_file};
 use std::{
     sync::{
         Arc, Mutex, MutexGuard, TryLockError,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::{self, Receiver},
     },
     thread,
@@ -85,6 +85,7 @@ struct InFlight {
 /// The log handle's side of the appender: the channel to its thread and the shared state
 /// that an idle appender lets a blocking caller use.
 pub(crate) struct AppenderLink {
+    shared: Arc<Shared>,
     tx: mpsc::Sender<Message>,
     state: Arc<Mutex<Appender>>,
     /// Messages sent and not yet handled. A caller writes inline only at zero, so that it
@@ -93,6 +94,8 @@ pub(crate) struct AppenderLink {
     /// The appender's thread, started by the first message: a log whose callers all block
     /// and find the appender idle never needs one (and opens and closes without one).
     thread: Mutex<Thread>,
+    /// The thread was started: sends skip the `thread` lock from then on.
+    started: AtomicBool,
 }
 
 enum Thread {
@@ -105,21 +108,8 @@ impl AppenderLink {
     /// Queues `message` for the appender's thread (starting it if need be); gives it back
     /// if the thread is gone or cannot start (which poisons the log).
     pub(crate) fn send(&self, message: Message) -> std::result::Result<(), Message> {
-        {
-            let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
-            match std::mem::replace(&mut *thread, Thread::Stopped) {
-                Thread::NotStarted(rx) => match self.start(rx) {
-                    Ok(handle) => *thread = Thread::Running(handle),
-                    Err(error) => {
-                        lock(&self.state)
-                            .shared
-                            .set_poison_reason(&format!("starting the appender thread: {error}"));
-                        return Err(message);
-                    }
-                },
-                Thread::Running(handle) => *thread = Thread::Running(handle),
-                Thread::Stopped => return Err(message),
-            }
+        if !self.started.load(Ordering::Acquire) && !self.start() {
+            return Err(message);
         }
         self.queued.fetch_add(1, Ordering::SeqCst);
         self.tx.send(message).map_err(|mpsc::SendError(message)| {
@@ -128,11 +118,25 @@ impl AppenderLink {
         })
     }
 
-    fn start(&self, rx: Receiver<Message>) -> std::io::Result<thread::JoinHandle<()>> {
-        let shared = Arc::clone(&lock(&self.state).shared);
-        let (state, queued) = (Arc::clone(&self.state), Arc::clone(&self.queued));
-        let thread_shared = Arc::clone(&shared);
-        spawn_guarded("ringlog-appender", &shared, move || run(&thread_shared, &state, &rx, &queued))
+    /// Starts the thread unless it runs already; `false` when it cannot (stopped, or the
+    /// spawn failed, which poisons the log).
+    fn start(&self) -> bool {
+        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        let Thread::NotStarted(_) = &*thread else { return matches!(*thread, Thread::Running(_)) };
+        let Thread::NotStarted(rx) = std::mem::replace(&mut *thread, Thread::Stopped) else { unreachable!() };
+        let (shared, state, queued) =
+            (Arc::clone(&self.shared), Arc::clone(&self.state), Arc::clone(&self.queued));
+        match spawn_guarded("ringlog-appender", &self.shared, move || run(&shared, &state, &rx, &queued)) {
+            Ok(handle) => {
+                *thread = Thread::Running(handle);
+                self.started.store(true, Ordering::Release);
+                true
+            }
+            Err(error) => {
+                self.shared.set_poison_reason(&format!("starting the appender thread: {error}"));
+                false
+            }
+        }
     }
 
     /// Stops the appender once (on its thread if it runs, else here): what was queued is
@@ -144,8 +148,8 @@ impl AppenderLink {
             Thread::Running(handle) => {
                 let (reply, done) = oneshot::channel();
                 let result = match self.tx.send(Message::Close(reply)) {
-                    Ok(()) => done.recv().unwrap_or_else(|_| Err(lock(&self.state).shared.poison_error())),
-                    Err(_) => Err(lock(&self.state).shared.poison_error()),
+                    Ok(()) => done.recv().unwrap_or_else(|_| Err(self.shared.poison_error())),
+                    Err(_) => Err(self.shared.poison_error()),
                 };
                 let _ = handle.join();
                 result
@@ -170,15 +174,14 @@ impl AppenderLink {
         if self.queued.load(Ordering::SeqCst) != 0 || appender.stopped {
             return None;
         }
-        let shared = Arc::clone(&appender.shared);
-        Some(Inline { _poison_on_panic: PoisonOnPanic(shared), appender })
+        Some(Inline { _poison_on_panic: PoisonOnPanic(&self.shared), appender })
     }
 }
 
 /// The appender run by a caller's thread (see [`AppenderLink::idle`]).
 pub(crate) struct Inline<'a> {
     // Dropped first: the log is poisoned before the lock is released.
-    _poison_on_panic: PoisonOnPanic,
+    _poison_on_panic: PoisonOnPanic<'a>,
     appender: MutexGuard<'a, Appender>,
 }
 
@@ -197,9 +200,9 @@ impl Inline<'_> {
 
 /// Poisons the log if a caller's thread panics while it runs the appender (the thread's
 /// own panics are caught by `spawn_guarded`): the log's state is unknown from then on.
-struct PoisonOnPanic(Arc<Shared>);
+struct PoisonOnPanic<'a>(&'a Shared);
 
-impl Drop for PoisonOnPanic {
+impl Drop for PoisonOnPanic<'_> {
     fn drop(&mut self) {
         if thread::panicking() {
             self.0.set_poison_reason(
@@ -397,10 +400,12 @@ impl Appender {
         };
         let (tx, rx) = mpsc::channel();
         Ok(AppenderLink {
+            shared,
             tx,
             state: Arc::new(Mutex::new(appender)),
             queued: Arc::default(),
             thread: Mutex::new(Thread::NotStarted(rx)),
+            started: AtomicBool::new(false),
         })
     }
 

@@ -189,19 +189,14 @@ impl Log {
     }
 
     pub(crate) fn send(&self, message: Message) -> Result<()> {
-        self.check_open()?;
-        self.inner.appender_link.send(message).map_err(|_| self.shared().poison_error())
-    }
-
-    fn check_open(&self) -> Result<()> {
         let shared = self.shared();
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        match shared.poison.get() {
-            Some(_) => Err(shared.poison_error()),
-            None => Ok(()),
+        if shared.poison.get().is_some() {
+            return Err(shared.poison_error());
         }
+        self.inner.appender_link.send(message).map_err(|_| shared.poison_error())
     }
 
     /// Sends a control message to the appender and waits for its answer.
@@ -246,8 +241,9 @@ impl Log {
     /// Appends records with contiguous offsets and waits; returns the first offset. Like
     /// [`Log::append`], it blocks: when the appender is idle, the write runs on this thread.
     pub fn append_batch(&self, values: Vec<Bytes>) -> Result<u64> {
+        // Run inline, a closed or poisoned log answers as the thread would: `idle` is never
+        // given a stopped appender, and a poisoned one fails the request with the poison.
         let (request, ticket) = self.records_request(values)?;
-        self.check_open()?;
         match self.inner.appender_link.idle() {
             Some(appender) => appender.append(request),
             None => self.send(Message::Append(request))?,
@@ -389,7 +385,6 @@ impl Log {
     /// Makes every record appended so far durable (an `fdatasync` of the active segment,
     /// through the appender, so it is ordered after every append submitted before it).
     pub fn sync(&self) -> Result<()> {
-        self.check_open()?;
         match self.inner.appender_link.idle() {
             Some(appender) => appender.sync(),
             None => self.call(Message::Sync),
