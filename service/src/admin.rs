@@ -12,11 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
-use ringlog_cluster::{LogId, NodeId, Peer, TypeConfig};
+use ringlog_cluster::{NodeId, Peer, TypeConfig};
 use ringlog_engine::Log;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    cluster::{entries_through, followers},
     proto::admin::{
         AddNodeRequest, Member, MembershipResponse, RemoveNodeRequest, StatusRequest, StatusResponse,
         cluster_server::Cluster,
@@ -60,26 +61,22 @@ impl AdminService {
     }
 }
 
-/// One past `id`'s index (0 for none): the count of entries up to it.
-fn next(id: Option<LogId>) -> u64 {
-    id.map_or(0, |id| id.index + 1)
-}
-
 /// The members of `replica`'s current membership, with replication progress on the leader.
 fn members(replica: &crate::cluster::Replica) -> Vec<Member> {
     let m = replica.node().raft().metrics().borrow_watched().clone();
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let followers = followers(&m);
     let last = m.last_log_index.map_or(0, |i| i + 1);
     membership
         .nodes()
         .map(|(id, peer)| {
-            let matched = match (&m.replication, *id == m.id) {
-                (_, true) => last,
-                (Some(replication), false) => next(replication.get(id).copied().flatten()),
-                (None, false) => 0,
+            // This node holds its whole log; a follower's progress is known on the leader only.
+            let (matched, lag) = match followers.get(id) {
+                _ if *id == m.id => (last, 0),
+                Some(progress) => (progress.matched, progress.lag),
+                None => (0, 0),
             };
-            let lag = if m.replication.is_some() { last.saturating_sub(matched) } else { 0 };
             Member {
                 node_id: id.to_string(),
                 addr: peer.addr.clone(),
@@ -140,8 +137,8 @@ impl Cluster for AdminService {
                     term: m.current_term,
                     leader_id: m.current_leader.map(|id| id.to_string()).unwrap_or_default(),
                     last_index: m.last_log_index.map_or(0, |i| i + 1),
-                    committed_index: next(m.cluster_committed),
-                    applied_index: next(m.last_applied),
+                    committed_index: entries_through(m.cluster_committed),
+                    applied_index: entries_through(m.last_applied),
                     next_offset: log.next_offset(),
                     readable_offset: log.readable_offset(),
                     members: members(replica),

@@ -339,7 +339,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         let request = ConsumeRequest { offset: next, max_records: BATCH.min(left).max(2) };
         let records = match client.consume(request).await {
             Ok(response) => response.into_inner().records,
-            Err(status) if reached_end(&status) => break,
+            Err(status) if ringlog_service::is_not_written(&status) => break,
             Err(status) => return Err(describe(status)),
         };
         for record in records.into_iter().take(left as usize) {
@@ -357,12 +357,6 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 /// stream surfaces).
 fn retryable(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::Unknown)
-}
-
-/// Whether an error says the offset is not written yet (rather than dropped).
-fn reached_end(status: &Status) -> bool {
-    status.code() == Code::OutOfRange
-        && status.get_details_error_info().is_some_and(|info| info.metadata.contains_key("next"))
 }
 
 fn print_record(out: &mut impl Write, record: &Record, format: Format) -> std::io::Result<()> {

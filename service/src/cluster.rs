@@ -236,6 +236,34 @@ impl Replica {
     }
 }
 
+/// One past `id`'s index (0 for none): how many entries a log holds up to it.
+pub(crate) fn entries_through(id: Option<ringlog_cluster::LogId>) -> u64 {
+    id.map_or(0, |id| id.index + 1)
+}
+
+/// How far a follower's log is known to reach, as its leader sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Progress {
+    /// One past the last entry it is known to hold.
+    pub(crate) matched: u64,
+    /// Entries it is behind the leader's log.
+    pub(crate) lag: u64,
+}
+
+/// On the leader, every other member's [`Progress`]; empty on any other node.
+pub(crate) fn followers(m: &openraft::RaftMetrics<TypeConfig>) -> BTreeMap<NodeId, Progress> {
+    let last = m.last_log_index.map_or(0, |i| i + 1);
+    let Some(replication) = &m.replication else { return BTreeMap::new() };
+    replication
+        .iter()
+        .filter(|(id, _)| **id != m.id)
+        .map(|(id, matched)| {
+            let matched = entries_through(*matched);
+            (*id, Progress { matched, lag: last.saturating_sub(matched) })
+        })
+        .collect()
+}
+
 /// One entry's outcome from `client_write_many`.
 type Applied = Result<WriteResult<TypeConfig>, Fatal<TypeConfig>>;
 

@@ -56,5 +56,5 @@ pub use acl::{Acl, Action};
 pub use auth::subject;
 pub use server::{ServeError, Server};
 pub use service::{Limits, LogService, message_bytes_max};
-pub use status::{DOMAIN, LOCALE, REASON_OUT_OF_RANGE};
+pub use status::{DOMAIN, LOCALE, REASON_OUT_OF_RANGE, is_not_written};
 pub use tls::TlsConfig;

@@ -243,7 +243,7 @@ impl Collector for RaftCollector {
         use openraft::async_runtime::WatchReceiver;
         let m = self.raft.metrics().borrow_watched().clone();
         let e = &mut encoder;
-        let next = |id: Option<ringlog_cluster::LogId>| id.map_or(0, |id| id.index + 1);
+        let next = crate::cluster::entries_through;
         gauge(e, "ringlog_raft_term", "The node's current Raft term", m.current_term)?;
         if let Some(leader) = m.current_leader {
             gauge(e, "ringlog_raft_leader_id", "The leader this node knows (absent while none)", leader)?;
@@ -268,30 +268,30 @@ impl Collector for RaftCollector {
             "One past the last entry applied here (consumers read below it)",
             next(m.last_applied),
         )?;
-        if let Some(replication) = &m.replication {
-            let last = m.last_log_index.map_or(0, |i| i + 1);
-            let matched = Family::<FollowerLabels, Gauge>::default();
-            let lag = Family::<FollowerLabels, Gauge>::default();
-            for (follower, id) in replication.iter().filter(|(id, _)| **id != m.id) {
+        let followers = crate::cluster::followers(&m);
+        if !followers.is_empty() {
+            let gauge_of = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+            let (matched, lag) =
+                (Family::<FollowerLabels, Gauge>::default(), Family::<FollowerLabels, Gauge>::default());
+            for (follower, progress) in followers {
                 let labels = FollowerLabels { follower: follower.to_string() };
-                let at = next(*id);
-                matched.get_or_create(&labels).set(i64::try_from(at).unwrap_or(i64::MAX));
-                lag.get_or_create(&labels).set(i64::try_from(last.saturating_sub(at)).unwrap_or(i64::MAX));
+                matched.get_or_create(&labels).set(gauge_of(progress.matched));
+                lag.get_or_create(&labels).set(gauge_of(progress.lag));
             }
-            let help = "Leader only: one past the last entry each follower is known to hold";
-            matched.encode(e.encode_descriptor(
-                "ringlog_raft_follower_matched_index",
-                help,
-                None,
-                matched.metric_type(),
-            )?)?;
-            let help = "Leader only: entries each follower is behind the leader's log";
-            lag.encode(e.encode_descriptor(
-                "ringlog_raft_follower_lag_entries",
-                help,
-                None,
-                lag.metric_type(),
-            )?)?;
+            for (name, help, family) in [
+                (
+                    "ringlog_raft_follower_matched_index",
+                    "Leader only: one past the last entry each follower is known to hold",
+                    &matched,
+                ),
+                (
+                    "ringlog_raft_follower_lag_entries",
+                    "Leader only: entries each follower is behind the leader's log",
+                    &lag,
+                ),
+            ] {
+                family.encode(e.encode_descriptor(name, help, None, family.metric_type())?)?;
+            }
         }
         Ok(())
     }

@@ -53,13 +53,6 @@ pub fn message_bytes_max(record_bytes_max: u32) -> usize {
 /// How long a lagging follower waits for a record the leader already serves.
 const FOLLOWER_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Whether `status` says the offset is not written (yet) rather than dropped.
-fn not_written(status: &Status) -> bool {
-    use tonic_types::StatusExt;
-    status.code() == tonic::Code::OutOfRange
-        && status.get_details_error_info().is_some_and(|info| info.metadata.contains_key("next"))
-}
-
 /// Most ProduceStream requests handed to the engine as one batch.
 const COALESCE_REQUESTS_MAX: usize = 64;
 
@@ -161,7 +154,7 @@ impl LogRpc for LogService {
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
         let request = request.into_inner();
         match read(&self.log, &self.limits, request.offset, request.max_records) {
-            Err(status) if not_written(&status) => {
+            Err(status) if status::is_not_written(&status) => {
                 // A follower may lag: an offset it lacks may be acknowledged already. Only the
                 // leader can say; if it is, wait (bounded) for it here rather than call it
                 // missing.

@@ -51,6 +51,13 @@ pub fn from_engine(error: &Error) -> Status {
     }
 }
 
+/// Whether `status` is `OUT_OF_RANGE` for an offset not written yet (its ErrorInfo names the
+/// `next` offset), rather than one dropped below the lowest: a reader may wait for it.
+pub fn is_not_written(status: &Status) -> bool {
+    status.code() == Code::OutOfRange
+        && status.get_details_error_info().is_some_and(|info| info.metadata.contains_key("next"))
+}
+
 /// `OUT_OF_RANGE` for `offset`, with the log's end that it fell off (`"lowest"` or `"next"`).
 fn out_of_range(offset: u64, end_name: &str, end: u64) -> Status {
     let mut details = ErrorDetails::new();
