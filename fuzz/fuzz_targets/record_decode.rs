@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         let limits = [0, 1, 16, data.len().saturating_sub(header_len) as u32, 1 << 20, u32::MAX];
         for max in limits {
             let header = record::decode_header_as(data, max, format);
-            match (record::decode_as(&bytes, max, format), header) {
+            match (record::decode_as(&bytes, 0, max, format), header) {
                 (Ok((entry, len)), Ok(header)) => {
                     assert_eq!(len, header.frame_len());
                     assert!(len <= data.len() && header.value_len <= max);
