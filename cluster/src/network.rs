@@ -6,7 +6,9 @@
 //! it (re)starts replication to a peer, and a channel per client would reconnect every time
 //! (the pitfall of openraft's gRPC example). A channel connects on its first call and
 //! reconnects by itself after the peer went away. Snapshots use a second cached channel per
-//! peer, so that a long transfer does not hold up votes and heartbeats.
+//! peer, so that a long transfer does not hold up votes and heartbeats. With
+//! [`ClusterConfig::peer_tls`] every channel speaks TLS and presents this node's certificate;
+//! the receiving server decides whether that certificate may replicate.
 //!
 //! Every call is bounded by openraft's [`RPCOption::soft_ttl`]; a full snapshot uses it per
 //! chunk (the time the receiver may take to accept the next chunk, or to answer after the
@@ -41,7 +43,7 @@ use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::codec;
@@ -101,6 +103,8 @@ struct NetConfig {
     message_bytes_max: usize,
     /// Used when openraft suggests no chunk size.
     snapshot_chunk_bytes: usize,
+    /// TLS to peers; `None`: plaintext.
+    tls: Option<ClientTlsConfig>,
 }
 
 /// openraft's network factory for one node: see the module docs.
@@ -132,6 +136,7 @@ impl Network {
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             message_bytes_max: config.message_bytes_max(),
             snapshot_chunk_bytes: usize::try_from(config.snapshot_chunk_bytes).unwrap_or(usize::MAX),
+            tls: config.peer_tls.clone(),
         };
         Network { id, config, faults, channels: Arc::default() }
     }
@@ -146,7 +151,12 @@ impl Network {
         {
             return channel.clone();
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.config.tls.is_some() { "https" } else { "http" };
+        let channel = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .and_then(|e| match &self.config.tls {
+                Some(tls) => e.tls_config(tls.clone()),
+                None => Ok(e),
+            })
             .map(|e| {
                 e.connect_timeout(self.config.connect_timeout)
                     .tcp_nodelay(true)

@@ -145,6 +145,9 @@ pub struct ClusterConfig {
     pub bootstrap_retry_ms: u64,
     /// The engine's settings for the node's log.
     pub engine: ringlog_engine::Config,
+    /// TLS for this node's calls to its peers: the CA their certificates chain to, and this
+    /// node's own certificate (peers serving mutual TLS ask for one). `None`: plaintext.
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for ClusterConfig {
@@ -162,6 +165,7 @@ impl Default for ClusterConfig {
             bootstrap_retry_ms: 500,
             // A record is acknowledged once a majority made it durable.
             engine: ringlog_engine::Config { durability: Durability::Always, ..Default::default() },
+            peer_tls: None,
         }
     }
 }
@@ -212,6 +216,7 @@ pub struct Node {
     faults: Faults,
     service: RaftService,
     bootstrap: Option<JoinHandle<()>>,
+    peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// Whether `log` holds nothing at all: no vote, no entry, nothing purged.
@@ -278,7 +283,7 @@ impl Node {
             tokio::spawn(bootstrap(raft.clone(), network, peers, retry))
         });
         tracing::info!(node = id, pristine, bootstraps = bootstrap.is_some(), "raft node started");
-        Ok(Node { id, raft, log, faults, service, bootstrap })
+        Ok(Node { id, raft, log, faults, service, bootstrap, peer_tls: config.peer_tls })
     }
 
     /// This node's id.
@@ -294,6 +299,11 @@ impl Node {
     /// The engine log holding this node's Raft entries (and so its records).
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// The TLS this node dials its peers with ([`ClusterConfig::peer_tls`]).
+    pub fn peer_tls(&self) -> Option<&tonic::transport::ClientTlsConfig> {
+        self.peer_tls.as_ref()
     }
 
     /// This node's fault switch.

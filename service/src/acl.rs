@@ -1,15 +1,24 @@
-//! The access-control list: which subjects may produce and which may consume.
+//! The access-control list: which subjects may do what.
 //!
-//! A policy file has one rule per line, `subject, action`, where the action is `produce` or
-//! `consume` and the subject is a client certificate's subject (see the `auth` module) or
-//! `*` for every client, including one without a certificate. `#` starts a comment; blank
-//! lines are skipped. With a policy set, everything it does not allow is denied.
+//! A policy file has one rule per line, `subject, action`, where the subject is a client
+//! certificate's subject (see the `auth` module) or `*` for every client, including one
+//! without a certificate, and the action is one of:
+//! - `produce`: Produce and ProduceStream;
+//! - `consume`: Consume and ConsumeStream;
+//! - `admin`: change a cluster's membership;
+//! - `replicate`: be a node of the cluster: call the Raft service (`raft.v1`), and forward a
+//!   produce that the node has already authorized for its own client.
+//!
+//! `#` starts a comment; blank lines are skipped. With a policy set, everything it does not
+//! allow is denied.
 //!
 //! ```text
 //! # producers
 //! ingest, produce
 //! # everyone may read
 //! *, consume
+//! # the cluster's nodes (their certificates' subjects)
+//! node-1.ringlog, replicate
 //! ```
 
 use std::{
@@ -27,6 +36,9 @@ pub enum Action {
     Consume,
     /// Change a cluster's membership: `AddNode` and `RemoveNode` of `ringlog.admin.v1`.
     Admin,
+    /// Be a node of the cluster: the Raft service (`raft.v1`), and produce requests forwarded
+    /// by a follower.
+    Replicate,
 }
 
 impl Action {
@@ -36,6 +48,7 @@ impl Action {
             Action::Produce => "produce",
             Action::Consume => "consume",
             Action::Admin => "admin",
+            Action::Replicate => "replicate",
         }
     }
 }
@@ -109,9 +122,10 @@ impl Acl {
                 "produce" => Action::Produce,
                 "consume" => Action::Consume,
                 "admin" => Action::Admin,
+                "replicate" => Action::Replicate,
                 other => {
                     return Err(fail(format!(
-                        "unknown action `{other}` (expected `produce`, `consume` or `admin`)"
+                        "unknown action `{other}` (expected `produce`, `consume`, `admin` or `replicate`)"
                     )));
                 }
             };

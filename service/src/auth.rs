@@ -10,8 +10,9 @@
 //! - a certificate naming no subject: `UNAUTHENTICATED`;
 //! - an ACL set and the call's action not allowed: `PERMISSION_DENIED`,
 //!   `<subject> not permitted to <action>` (`anonymous` for a client without a certificate);
-//! - otherwise the call goes ahead. Health and reflection have no action: any authenticated
-//!   client (any client at all without mutual TLS) may use them.
+//! - otherwise the call goes ahead. Health, reflection, GetServers and the cluster's status
+//!   have no action: any authenticated client (any client at all without mutual TLS) may use
+//!   them. The Raft service and a produce forwarded by a follower need `replicate`.
 
 use tonic::{
     Status,
@@ -71,18 +72,23 @@ impl Caller {
 
 /// The action a gRPC method needs, by its path (`/log.v1.Log/Produce`); `None` for calls
 /// that need only authentication (health, reflection, GetServers, the cluster's status).
-pub(crate) fn action(path: &str) -> Option<Action> {
+/// A produce that a follower forwards (`forwarded`) needs `replicate`: the follower has
+/// authorized its own client, and only a node may vouch for that.
+pub(crate) fn action(path: &str, forwarded: bool) -> Option<Action> {
     match path {
+        "/log.v1.Log/Produce" | "/log.v1.Log/ProduceStream" if forwarded => Some(Action::Replicate),
         "/log.v1.Log/Produce" | "/log.v1.Log/ProduceStream" => Some(Action::Produce),
         "/log.v1.Log/Consume" | "/log.v1.Log/ConsumeStream" => Some(Action::Consume),
         "/ringlog.admin.v1.Cluster/AddNode" | "/ringlog.admin.v1.Cluster/RemoveNode" => Some(Action::Admin),
+        _ if path.starts_with("/raft.v1.Raft/") => Some(Action::Replicate),
         _ => None,
     }
 }
 
 impl Policy {
-    /// Whether `caller` may call the method at `path`.
-    pub(crate) fn check(&self, caller: &Caller, path: &str) -> Result<(), Status> {
+    /// Whether `caller` may call the method at `path` (`forwarded`: the request says a
+    /// follower forwarded it).
+    pub(crate) fn check(&self, caller: &Caller, path: &str, forwarded: bool) -> Result<(), Status> {
         if self.client_cert_required && !caller.has_cert {
             return Err(status::unauthenticated("a client certificate is required"));
         }
@@ -91,7 +97,7 @@ impl Policy {
                 "the client certificate names no subject (no Common Name, DNS or URI name)",
             ));
         }
-        match (&self.acl, action(path)) {
+        match (&self.acl, action(path, forwarded)) {
             (Some(acl), Some(action)) if !acl.allows(caller.subject.as_deref(), action) => {
                 Err(status::permission_denied(caller.name(), action))
             }
@@ -156,7 +162,7 @@ mod tests {
             subject: subject.map(str::to_owned),
             has_cert,
         };
-        let code = |c: &Caller, path: &str| policy.check(c, path).err().map(|s| s.code());
+        let code = |c: &Caller, path: &str| policy.check(c, path, false).err().map(|s| s.code());
         assert_eq!(
             code(&caller(None, false), "/grpc.health.v1.Health/Check"),
             Some(tonic::Code::Unauthenticated)
@@ -165,8 +171,38 @@ mod tests {
         assert_eq!(code(&caller(Some("writer"), true), "/log.v1.Log/ProduceStream"), None);
         assert_eq!(code(&caller(Some("reader"), true), "/log.v1.Log/ConsumeStream"), None);
         assert_eq!(code(&caller(Some("reader"), true), "/grpc.health.v1.Health/Check"), None);
-        let denied = policy.check(&caller(Some("reader"), true), "/log.v1.Log/Produce").unwrap_err();
+        let denied = policy.check(&caller(Some("reader"), true), "/log.v1.Log/Produce", false).unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         assert_eq!(denied.message(), "reader not permitted to produce");
+    }
+
+    #[test]
+    fn nodes_replicate_and_only_nodes_forward() {
+        let acl = Acl::parse(
+            "writer, produce
+node-2, replicate",
+        )
+        .unwrap();
+        let policy = Policy { client_cert_required: true, acl: Some(acl) };
+        let caller = |subject: &str| Caller { peer: None, subject: Some(subject.to_owned()), has_cert: true };
+        let denied = |subject: &str, path: &str, forwarded| {
+            policy.check(&caller(subject), path, forwarded).err().map(|s| s.message().to_owned())
+        };
+        assert_eq!(denied("node-2", "/raft.v1.Raft/AppendEntries", false), None);
+        assert_eq!(
+            denied("writer", "/raft.v1.Raft/Vote", false).as_deref(),
+            Some("writer not permitted to replicate")
+        );
+        // A producer may not pass its request off as forwarded by a node...
+        assert_eq!(
+            denied("writer", "/log.v1.Log/Produce", true).as_deref(),
+            Some("writer not permitted to replicate")
+        );
+        // ... and a node forwards what its own client was allowed to produce.
+        assert_eq!(denied("node-2", "/log.v1.Log/ProduceStream", true), None);
+        assert_eq!(
+            denied("node-2", "/log.v1.Log/Produce", false).as_deref(),
+            Some("node-2 not permitted to produce")
+        );
     }
 }

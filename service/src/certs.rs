@@ -119,12 +119,14 @@ impl Authority {
         self.issuer.key().serialize_pem()
     }
 
-    /// A server certificate for `names` (DNS names or IP addresses).
+    /// A server certificate for `names` (DNS names or IP addresses), whose subject is the
+    /// first name. It is a client certificate too: a node of a cluster dials its peers with it.
     pub fn server(&self, names: &[&str]) -> Result<Issued, CertError> {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names.clone())?;
         params.distinguished_name = named(names.first().map_or("ringlog", String::as_str));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
     }
 

@@ -211,9 +211,17 @@ impl Replica {
             .find(|server| server.id == leader.to_string())
             .map(|server| server.rpc_addr)
             .ok_or_else(|| Status::unavailable(format!("the leader (node {leader}) has no known address")))?;
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let tls = self.node.peer_tls();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| Status::unavailable(format!("the leader's address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(1));
+        if let Some(tls) = tls {
+            // The node's own certificate: the leader lets it forward (`replicate`).
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| Status::unavailable(format!("TLS to the leader at {addr}: {e}")))?;
+        }
         let channel = endpoint.connect_lazy();
         *cached = Some((leader, channel.clone()));
         Ok(channel)

@@ -284,9 +284,12 @@ impl Settings {
             let ids: Vec<String> = peers.keys().map(u64::to_string).collect();
             return Err(invalid("node-id", format!("{node_id} is not in peers ({})", ids.join(", "))));
         }
-        if self.tls_cert_file.is_some() {
-            // The Raft transport does not speak TLS yet: a cluster would replicate in the clear.
-            return Err(invalid("peers", "a cluster cannot run with TLS yet (tls-cert-file is set)"));
+        if self.tls_cert_file.is_some() && self.tls_client_ca_file.is_none() {
+            // Nodes know each other by their certificates: a node dials its peers with its own.
+            return Err(invalid(
+                "tls-client-ca-file",
+                "is needed for a cluster with TLS: nodes authenticate each other by certificate (mutual TLS)",
+            ));
         }
         let config = ringlog_cluster::ClusterConfig {
             heartbeat_interval_ms: self.raft_heartbeat_ms,
@@ -483,6 +486,16 @@ mod tests {
             let error = file(text).unwrap_err().to_string();
             assert!(error.contains(setting), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn a_cluster_with_tls_needs_mutual_tls() {
+        let cluster = "node-id = 1\npeers = \"1=127.0.0.1:8401,2=127.0.0.1:8402\"\n";
+        let tls = "tls-cert-file = \"c\"\ntls-key-file = \"k\"\n";
+        let error = file(&format!("{cluster}{tls}")).unwrap_err().to_string();
+        assert!(error.contains("`tls-client-ca-file`") && error.contains("mutual TLS"), "{error}");
+        let settings = file(&format!("{cluster}{tls}tls-client-ca-file = \"ca\"\n")).unwrap();
+        assert!(settings.cluster().unwrap().is_some());
     }
 
     #[test]

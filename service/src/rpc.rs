@@ -110,7 +110,8 @@ where
             code = field::Empty,
             latency_us = field::Empty,
         );
-        let checked = self.policy.check(&caller, &path);
+        let forwarded = request.headers().contains_key(crate::cluster::FORWARDED);
+        let checked = self.policy.check(&caller, &path, forwarded);
         let (service, method) = method_of(&path);
         let end =
             End { metrics: self.metrics.clone(), service, method, started, span: span.clone(), done: false };

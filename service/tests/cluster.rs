@@ -238,3 +238,120 @@ async fn the_cli_finds_the_leader_and_the_cluster_commands_show_it() {
     })
     .await;
 }
+
+/// A client of node `addr` over mutual TLS, with the certificate `name` (`name.pem`) of the
+/// CA in `certs`.
+async fn tls_channel(
+    certs: &std::path::Path,
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> tonic::transport::Channel {
+    let tls = ringlog_service::tls::client_config(
+        &certs.join("ca.pem"),
+        Some((&certs.join(format!("{name}.pem")), &certs.join(format!("{name}-key.pem")))),
+    )
+    .unwrap();
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy()
+}
+
+/// With mutual TLS on, the nodes replicate over TLS with their own certificates (subject
+/// `localhost` from `ringlog certs`, allowed to `replicate` by the ACL), and a follower
+/// forwards a produce to the leader over TLS. A client certificate may do what the ACL lets
+/// it, and nothing of a node's: the Raft service and a produce that claims to be forwarded
+/// answer PERMISSION_DENIED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_covers_replication_and_only_nodes_replicate() {
+    use ringlog_cluster::proto::{StatusRequest, raft_client::RaftClient};
+    use ringlog_service::proto::{ConsumeRequest, ProduceRequest, Record, log_client::LogClient};
+
+    bounded(Duration::from_secs(180), async {
+        let certs = tempfile::tempdir().unwrap();
+        let dir = certs.path().to_str().unwrap().to_owned();
+        let (ok, _, err) = tokio::task::spawn_blocking(move || {
+            ringlog(&["certs", "--out", &dir, "--client", "writer", "--client", "intruder"], None)
+        })
+        .await
+        .unwrap();
+        assert!(ok, "{err}");
+        let acl = certs.path().join("acl");
+        std::fs::write(&acl, "localhost, replicate\nwriter, produce\n*, consume\n").unwrap();
+        let path = |name: &str| certs.path().join(name).to_str().unwrap().to_owned();
+        let (cert, key, ca, acl) = (path("server.pem"), path("server-key.pem"), path("ca.pem"), path("acl"));
+        let args = [
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-client-ca-file",
+            &ca,
+            "--acl-file",
+            &acl,
+        ];
+        let cluster = Cluster::start_with(3, &args).await;
+        let addrs = cluster.addrs();
+
+        // One record through each node: two of them are forwarded to the leader, over TLS.
+        let mut offsets = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let mut writer = LogClient::new(tls_channel(certs.path(), "writer", *addr).await);
+            let deadline = tokio::time::Instant::now() + cluster_harness::WAIT;
+            let request = || ProduceRequest {
+                record: Some(Record { value: format!("via node {i}").into(), ..Record::default() }),
+                records: Vec::new(),
+            };
+            let offset = loop {
+                match writer.produce(request()).await {
+                    Ok(answer) => break answer.into_inner().offset,
+                    // No leader yet: retry, bounded.
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        assert!(tokio::time::Instant::now() < deadline, "{status}\n{}", cluster.logs());
+                        tokio::time::sleep(cluster_harness::POLL).await;
+                    }
+                    Err(status) => panic!("produce through node {i}: {status}\n{}", cluster.logs()),
+                }
+            };
+            offsets.push(offset);
+        }
+        assert_eq!(offsets, [0, 1, 2]);
+        // Every node holds all three, replicated over TLS.
+        for addr in &addrs {
+            let mut reader = LogClient::new(tls_channel(certs.path(), "intruder", *addr).await);
+            for (offset, i) in (0..3).zip(0..) {
+                let deadline = tokio::time::Instant::now() + cluster_harness::WAIT;
+                let record = loop {
+                    match reader.consume(ConsumeRequest { offset, ..ConsumeRequest::default() }).await {
+                        Ok(answer) => break answer.into_inner().record.unwrap(),
+                        Err(status) => {
+                            assert!(tokio::time::Instant::now() < deadline, "{status}\n{}", cluster.logs());
+                            tokio::time::sleep(cluster_harness::POLL).await;
+                        }
+                    }
+                };
+                assert_eq!(record.value, format!("via node {i}").as_bytes());
+            }
+        }
+
+        // A client certificate is not a node's.
+        let mut raft = RaftClient::new(tls_channel(certs.path(), "writer", addrs[0]).await);
+        let refused = raft.status(StatusRequest { header: None }).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+        assert_eq!(refused.message(), "writer not permitted to replicate");
+        let mut writer = LogClient::new(tls_channel(certs.path(), "writer", addrs[0]).await);
+        let mut forged = tonic::Request::new(ProduceRequest {
+            record: Some(Record { value: "forged".into(), ..Record::default() }),
+            records: Vec::new(),
+        });
+        forged.metadata_mut().insert("ringlog-forwarded", "1".parse().unwrap());
+        let refused = writer.produce(forged).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+        assert_eq!(refused.message(), "writer not permitted to replicate");
+        let mut intruder = LogClient::new(tls_channel(certs.path(), "intruder", addrs[0]).await);
+        let refused = intruder.produce(ProduceRequest::default()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    })
+    .await;
+}

@@ -74,6 +74,8 @@ struct Node {
 pub struct Cluster {
     nodes: Vec<Node>,
     peers: String,
+    /// Flags every node gets besides the harness's own (TLS, say).
+    extra_args: Vec<String>,
     liveness: Arc<Liveness>,
 }
 
@@ -101,6 +103,11 @@ impl Cluster {
     /// serving (all are spawned first: the lowest id initializes only when every peer
     /// answers).
     pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[]).await
+    }
+
+    /// [`Cluster::start`], every node with `extra_args` too.
+    pub async fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
         let addrs = free_addrs(n);
         let peers =
             addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
@@ -116,7 +123,8 @@ impl Cluster {
             })
             .collect();
         let liveness = Arc::new(Liveness { kills: (0..n).map(|_| AtomicU64::new(0)).collect() });
-        let mut cluster = Cluster { nodes, peers, liveness };
+        let extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        let mut cluster = Cluster { nodes, peers, extra_args, liveness };
         cluster.start_nodes(&(0..n).collect::<Vec<_>>()).await;
         cluster
     }
@@ -190,6 +198,7 @@ impl Cluster {
             .args(["--peers", &self.peers])
             .args(["--durability", "always"])
             .args(["--log-level", LOG_LEVEL])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
