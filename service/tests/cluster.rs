@@ -11,8 +11,9 @@
 //! test as a whole.
 //!
 //! `RINGLOG_CLUSTER_SOAK=<cycles>` runs that many leader kill/restart cycles in
-//! `leader_sigkill_under_load_loses_no_acknowledged_record` (default 1), each checked as
-//! above; for example `RINGLOG_CLUSTER_SOAK=50 cargo test -p ringlog-service --test cluster
+//! `leader_sigkill_under_load_loses_no_acknowledged_record`, and as many partition/heal cycles
+//! in `a_partitioned_leader_acknowledges_nothing_and_follows_after_healing` (default 1), each
+//! checked as above; for example `RINGLOG_CLUSTER_SOAK=50 cargo test -p ringlog-service --test cluster
 //! leader_sigkill -- --nocapture`.
 
 mod cluster_harness;
@@ -352,6 +353,102 @@ async fn mutual_tls_covers_replication_and_only_nodes_replicate() {
         let mut intruder = LogClient::new(tls_channel(certs.path(), "intruder", addrs[0]).await);
         let refused = intruder.produce(ProduceRequest::default()).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    })
+    .await;
+}
+
+/// A leader cut off from both followers (the proxies between the processes blackhole their
+/// connections) acknowledges nothing: writes sent straight to it are appended as an
+/// uncommitted tail while its commit index stands still, and never succeed. The other two
+/// elect a leader and take the producers' writes. After healing, the old leader follows the
+/// new one, its writes fail (none is acknowledged, ever), its tail is gone from every log, and
+/// every node checks against the history. `RINGLOG_CLUSTER_SOAK=<cycles>` repeats it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_acknowledges_nothing_and_follows_after_healing() {
+    use ringlog_service::proto::{ProduceRequest, Record};
+
+    let cycles = soak_cycles();
+    bounded(Duration::from_secs(120 + 120 * cycles), async {
+        let mut cluster = Cluster::start_partitionable(3).await;
+        let history = new_history();
+        for cycle in 0..cycles {
+            let load = Load::start(cycle, cluster.addrs(), cluster.liveness(), history.clone());
+            load.wait_acked(LOAD, &format!("cycle {cycle}, before the partition")).await;
+            let old = cluster.leader().await;
+            let majority: Vec<usize> = (0..cluster.len()).filter(|&i| i != old).collect();
+            cluster.isolate(old);
+            let new = cluster.leader_among(&majority).await;
+            let cut_off = cluster.status(old).await;
+
+            // Writes straight to the old leader, which still thinks it leads: whether it
+            // refuses them (once its leader lease has run out) or appends them as an
+            // uncommitted tail, none may ever be acknowledged.
+            let mut minority = Vec::new();
+            for k in 0..3 {
+                let mut client = cluster.client(old).await;
+                let value = format!("c{cycle}-minority-{k}");
+                let request = ProduceRequest {
+                    record: Some(Record { value: value.clone().into(), ..Record::default() }),
+                    records: Vec::new(),
+                };
+                minority.push((value, tokio::spawn(async move { client.produce(request).await })));
+            }
+            load.wait_acked(LOAD, &format!("cycle {cycle}, with the old leader {old} cut off")).await;
+            let during = cluster.status(old).await;
+            assert_eq!(
+                during.committed_index, cut_off.committed_index,
+                "the cut-off leader committed nothing"
+            );
+            assert_eq!(during.role, "leader", "the cut-off node hears of no newer term: {during:?}");
+
+            cluster.heal();
+            for (value, call) in minority {
+                let answer = tokio::time::timeout(cluster_harness::WAIT, call)
+                    .await
+                    .unwrap_or_else(|_| panic!("the write of {value} still pending after healing"))
+                    .unwrap();
+                let status = answer.expect_err("a write to the cut-off leader must not be acknowledged");
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{value}: {status}");
+            }
+            let deadline = tokio::time::Instant::now() + cluster_harness::WAIT;
+            loop {
+                let status = cluster.status(old).await;
+                if status.role == "follower" && status.leader_id == (new + 1).to_string() {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {old} does not follow {new}: {status:?}"
+                );
+                tokio::time::sleep(cluster_harness::POLL).await;
+            }
+            load.wait_acked(LOAD / 2, &format!("cycle {cycle}, after healing")).await;
+            let summary = load.stop().await;
+            assert!(summary.unexpected.is_empty(), "unexpected failures: {:#?}", summary.unexpected);
+            let read = cluster.check(&history, &format!("cycle {cycle}, after healing")).await;
+            for i in 0..cluster.len() {
+                let records = cluster.read_all(i).await;
+                let kept: Vec<_> =
+                    records.iter().filter(|(_, v)| v.windows(9).any(|w| w == b"-minority")).collect();
+                assert!(
+                    kept.is_empty(),
+                    "node {i} holds writes the cut-off leader never committed: {kept:?}"
+                );
+            }
+            eprintln!(
+                "cycle {cycle}: old leader {old} cut off, new leader {new}; the old leader's uncommitted \
+                 tail ({} entries past its commit index {}) is gone; {} acknowledged so far, records per \
+                 node {read:?}, all checked",
+                during.last_index - during.committed_index,
+                during.committed_index,
+                summary.acked_total
+            );
+        }
+        let history = history.lock().unwrap();
+        eprintln!(
+            "partition: {cycles} cycles, {} acknowledged records checked on every node, lost 0",
+            history.acked_count()
+        );
     })
     .await;
 }

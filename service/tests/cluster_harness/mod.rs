@@ -11,6 +11,7 @@
 
 pub mod history;
 pub mod load;
+pub mod partition;
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -24,7 +25,12 @@ use std::{
 
 use bytes::Bytes;
 use history::History;
-use ringlog_service::proto::{ConsumeRequest, GetServersRequest, log_client::LogClient};
+use partition::Partitions;
+use ringlog_service::proto::{
+    ConsumeRequest, GetServersRequest,
+    admin::{StatusRequest, StatusResponse, cluster_client::ClusterClient},
+    log_client::LogClient,
+};
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
@@ -64,6 +70,8 @@ impl Liveness {
 struct Node {
     id: u64,
     addr: SocketAddr,
+    /// Where its peers dial it: `addr`, or its proxy in a partitionable cluster.
+    peer_addr: SocketAddr,
     dir: tempfile::TempDir,
     process: Option<Child>,
     /// Everything every incarnation wrote to stderr, for failure messages.
@@ -77,6 +85,8 @@ pub struct Cluster {
     /// Flags every node gets besides the harness's own (TLS, say).
     extra_args: Vec<String>,
     liveness: Arc<Liveness>,
+    /// The proxies between the nodes, in a partitionable cluster.
+    partitions: Option<Partitions>,
 }
 
 /// `n` free loopback ports: bind port 0 `n` times (all held at once, so they differ), read
@@ -108,15 +118,30 @@ impl Cluster {
 
     /// [`Cluster::start`], every node with `extra_args` too.
     pub async fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_inner(n, extra_args, false).await
+    }
+
+    /// [`Cluster::start`], with the nodes reaching each other through proxies that
+    /// [`Cluster::isolate`] can cut (see [`partition`]).
+    pub async fn start_partitionable(n: usize) -> Cluster {
+        Cluster::start_inner(n, &[], true).await
+    }
+
+    async fn start_inner(n: usize, extra_args: &[&str], partitionable: bool) -> Cluster {
         let addrs = free_addrs(n);
-        let peers =
-            addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+        let partitions = match partitionable {
+            true => Some(Partitions::start(&addrs).await),
+            false => None,
+        };
+        let peer_addr = |i: usize| partitions.as_ref().map_or(addrs[i], |p| p.addr(i));
+        let peers = (0..n).map(|i| format!("{}={}", i + 1, peer_addr(i))).collect::<Vec<_>>().join(",");
         let nodes = addrs
             .iter()
             .enumerate()
             .map(|(i, addr)| Node {
                 id: i as u64 + 1,
                 addr: *addr,
+                peer_addr: peer_addr(i),
                 dir: tempfile::tempdir().unwrap(),
                 process: None,
                 stderr: Arc::default(),
@@ -124,9 +149,20 @@ impl Cluster {
             .collect();
         let liveness = Arc::new(Liveness { kills: (0..n).map(|_| AtomicU64::new(0)).collect() });
         let extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
-        let mut cluster = Cluster { nodes, peers, extra_args, liveness };
+        let mut cluster = Cluster { nodes, peers, extra_args, liveness, partitions };
         cluster.start_nodes(&(0..n).collect::<Vec<_>>()).await;
         cluster
+    }
+
+    /// Cuts node `i` off from every other node, both ways (a partitionable cluster only).
+    pub fn isolate(&self, i: usize) {
+        let others = (0..self.len()).filter(|&o| o != i);
+        self.partitions.as_ref().expect("a partitionable cluster").isolate(i, others);
+    }
+
+    /// Ends every partition.
+    pub fn heal(&self) {
+        self.partitions.as_ref().expect("a partitionable cluster").heal();
     }
 
     pub fn len(&self) -> usize {
@@ -209,6 +245,9 @@ impl Cluster {
             }
         }
         let mut child = command.spawn().expect("start ringlog serve");
+        if let Some(partitions) = &self.partitions {
+            partitions.set_pid(i, Some(child.id()));
+        }
         let stderr = child.stderr.take().unwrap();
         let kept = node.stderr.clone();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -231,6 +270,9 @@ impl Cluster {
         self.liveness.kills[i].fetch_add(1, Ordering::SeqCst);
         let child = self.nodes[i].process.take().unwrap_or_else(|| panic!("node {i} is not running"));
         reap(child);
+        if let Some(partitions) = &self.partitions {
+            partitions.set_pid(i, None);
+        }
         self.nodes[i].stderr.lock().unwrap().push("----- SIGKILLed -----".to_owned());
     }
 
@@ -302,6 +344,41 @@ impl Cluster {
         }
     }
 
+    /// The index of the leader that every node in `nodes` names, once they agree on one of
+    /// themselves (a majority that elected a leader while the rest is cut off).
+    pub async fn leader_among(&mut self, nodes: &[usize]) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.assert_running();
+            let mut seen = Vec::new();
+            for &i in nodes {
+                seen.push(self.leader_seen_by(i).await);
+            }
+            if let Some(Some(leader)) = seen.first()
+                && nodes.contains(leader)
+                && seen.iter().all(|s| *s == Some(*leader))
+            {
+                return *leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{nodes:?} agreed on no leader within {WAIT:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Node `i`'s own view of the cluster (`ringlog.admin.v1.Cluster/Status`).
+    pub async fn status(&self, i: usize) -> StatusResponse {
+        let channel = Endpoint::from_shared(format!("http://{}", self.nodes[i].addr)).unwrap().connect_lazy();
+        let answer = tokio::time::timeout(WAIT, ClusterClient::new(channel).status(StatusRequest {})).await;
+        match answer {
+            Ok(Ok(status)) => status.into_inner(),
+            other => panic!("node {i}: Status: {other:?}\n{}", self.logs()),
+        }
+    }
+
     /// Node `i`'s answer to GetServers: the index of the server it marks leader, if any.
     async fn leader_seen_by(&self, i: usize) -> Option<usize> {
         let mut client = connect(self.nodes[i].addr).await?;
@@ -328,7 +405,8 @@ impl Cluster {
             })
             .collect();
         listed.sort();
-        let expected: Vec<(u64, String)> = self.nodes.iter().map(|n| (n.id, n.addr.to_string())).collect();
+        let expected: Vec<(u64, String)> =
+            self.nodes.iter().map(|n| (n.id, n.peer_addr.to_string())).collect();
         assert_eq!(listed, expected, "node {i}: GetServers lists every member at its --peers address");
         Some(leader)
     }
