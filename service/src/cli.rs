@@ -69,6 +69,10 @@ struct ServeArgs {
     /// A TOML file of settings (keys are the flags' names); flags and environment win over it
     #[arg(long, env = "RINGLOG_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Check the settings as serving would (the TLS and ACL files included), print them, and
+    /// exit: no log is opened, no port bound
+    #[arg(long)]
+    check_config: bool,
     #[command(flatten)]
     settings: Settings,
 }
@@ -118,7 +122,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
-fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
+/// What `serve` reads and checks before it opens anything: the settings, the log filter, and
+/// the security files (read before the log is opened, so that a bad one fails fast).
+struct Checked {
+    config: Settings,
+    filter: EnvFilter,
+    tls: Option<TlsConfig>,
+    acl: Option<Acl>,
+    cluster: Option<ClusterSettings>,
+}
+
+fn check(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<Checked> {
     let config = match &args.config {
         Some(path) => args.settings.with_file(path, matches)?,
         None => args.settings,
@@ -129,6 +143,52 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         setting: "log-level".into(),
         reason: format!("`{log_level}`: {e}"),
     })?;
+    let tls = match &config.tls() {
+        Some(files) => Some(TlsConfig::from_files(&files.cert, &files.key, files.client_ca.as_deref())?),
+        None => None,
+    };
+    let acl = config.acl_file.as_deref().map(Acl::from_file).transpose()?;
+    let cluster = config.cluster()?;
+    Ok(Checked { config, filter, tls, acl, cluster })
+}
+
+/// `serve --check-config`: the effective settings as a config file (paths only, never the
+/// files' contents), then what they make.
+fn print_checked(checked: &Checked) -> anyhow::Result<()> {
+    let Checked { config, tls, acl, cluster, .. } = checked;
+    let table = toml::Table::try_from(config).context("printing the settings")?;
+    let mut out = format!("# ringlog serve: the settings are valid\n{table}");
+    let dir = if config.data_dir.is_dir() { "exists" } else { "does not exist yet; serve creates it" };
+    out.push_str(&format!("# data-dir: {dir}\n# log filter: {}\n", config.log_filter()));
+    let security = match (tls, acl) {
+        (None, _) => "plaintext".to_owned(),
+        (Some(tls), _) if !tls.client_cert_required() => "tls".to_owned(),
+        (Some(_), None) => "mutual tls".to_owned(),
+        (Some(_), Some(acl)) => format!("mutual tls + acl ({} rules)", acl.len()),
+    };
+    out.push_str(&format!("# security: {security}\n"));
+    match cluster {
+        Some(cluster) => {
+            let voters: Vec<String> = cluster.peers.iter().map(|(id, addr)| format!("{id}={addr}")).collect();
+            out.push_str(&format!(
+                "# cluster: node {} of first voters {}\n",
+                cluster.node_id,
+                voters.join(",")
+            ));
+        }
+        None => out.push_str("# cluster: none (a single node)\n"),
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
+    let check_only = args.check_config;
+    let checked = check(args, matches)?;
+    if check_only {
+        return print_checked(&checked);
+    }
+    let Checked { config, filter, tls, acl, cluster } = checked;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log_format {
@@ -136,13 +196,6 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
     }
 
-    // Read the security files before opening the log, so that a bad one fails fast.
-    let tls = match &config.tls() {
-        Some(files) => Some(TlsConfig::from_files(&files.cert, &files.key, files.client_ca.as_deref())?),
-        None => None,
-    };
-    let acl = config.acl_file.as_deref().map(Acl::from_file).transpose()?;
-    let cluster = config.cluster()?;
     let log = match &cluster {
         Some(_) => None,
         None => Some(
