@@ -148,7 +148,14 @@ fn check(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<Checked> {
         None => None,
     };
     let acl = config.acl_file.as_deref().map(Acl::from_file).transpose()?;
-    let cluster = config.cluster()?;
+    let mut cluster = config.cluster()?;
+    if let (Some(cluster), Some(files)) = (&mut cluster, config.tls()) {
+        // A node dials its peers with its own certificate, and trusts a peer whose
+        // certificate chains to the CA its clients must chain to.
+        let ca = files.client_ca.as_deref().expect("checked: a cluster with TLS has a client CA");
+        cluster.config.peer_tls =
+            Some(ringlog_service::tls::client_config(ca, Some((&files.cert, &files.key)))?);
+    }
     Ok(Checked { config, filter, tls, acl, cluster })
 }
 
@@ -245,14 +252,7 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
 
 /// Starts this node of the cluster (its storage in the data directory).
 async fn start_node(config: &Settings, cluster: ClusterSettings) -> anyhow::Result<Replica> {
-    let ClusterSettings { node_id, peers, config: mut cluster_config } = cluster;
-    if let Some(files) = config.tls() {
-        // Peers are dialed with this node's certificate, and trusted if they chain to the
-        // CA its clients must chain to.
-        let ca = files.client_ca.as_deref().expect("checked: a cluster with TLS has a client CA");
-        cluster_config.peer_tls =
-            Some(ringlog_service::tls::client_config(ca, Some((&files.cert, &files.key)))?);
-    }
+    let ClusterSettings { node_id, peers, config: cluster_config } = cluster;
     let members = peers.iter().map(|(id, addr)| (*id, Peer { addr: addr.clone() })).collect();
     let message_bytes_max = ringlog_service::message_bytes_max(config.max_record_bytes);
     let node = Node::start(node_id, &config.data_dir, members, cluster_config, Faults::new())

@@ -639,16 +639,11 @@ fn the_mtls_overlay_mounts_its_secret_where_its_settings_point_and_they_are_acce
     printed_settings(&output);
     assert!(String::from_utf8_lossy(&output.stdout).contains("# security: mutual tls\n"));
 
-    // The whole pod: accepted once the Raft transport has TLS; until then refused for that
-    // reason only.
+    // The whole pod: a cluster node with mutual TLS.
     let pod = Pod { patch_env, ..Pod::new("ringlog-0") };
     let (output, env) = pod.check_config(&set);
-    if output.status.success() {
-        assert_env_applied(&env, &printed_settings(&output));
-    } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("a cluster cannot run with TLS yet"), "{stderr}");
-    }
+    assert_env_applied(&env, &printed_settings(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("# security: mutual tls\n"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -688,7 +683,7 @@ fn check_config_accepts_a_good_cluster_config_without_creating_binding_or_openin
     assert!(stdout.contains("# data-dir: does not exist yet"), "{stdout}");
     assert!(!dir.path().join("data").exists(), "--check-config created the data directory");
 
-    // The security files are read and checked too (single node: a cluster has no TLS yet).
+    // The security files are read and checked too.
     let tls = [
         "--tls-cert-file",
         "certs/server.pem",
