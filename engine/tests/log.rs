@@ -215,6 +215,73 @@ fn retention_by_bytes_and_age_keeps_the_active_segment() {
     }
 }
 
+/// Appends `count` 11-byte records written at `timestamp_ms` (the entry API lets a test
+/// date its records: a clock for retention by age).
+fn append_dated(log: &Log, count: u64, timestamp_ms: u64) {
+    use ringlog_engine::{Entry, EntryId, EntryKind};
+    for _ in 0..count {
+        let id = EntryId { term: 0, index: log.next_index() };
+        let entry =
+            Entry { id, kind: EntryKind::Data, timestamp_ms, payload: Bytes::from_static(b"hello world") };
+        log.append_entries(vec![entry], |_| {}).unwrap().wait().unwrap();
+    }
+}
+
+#[test]
+fn retention_by_age_drops_segments_whose_newest_record_is_too_old() {
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let hour = std::time::Duration::from_secs(3600);
+    for f in fixtures(|c| c.store_bytes_max = THREE_HELLOS) {
+        let log = f.open();
+        append_dated(&log, 5, now_ms - 3 * 3_600_000); // 0-2 and 3-4: three hours old
+        append_dated(&log, 1, now_ms); // 5, with 3-4: its newest record is new
+        append_dated(&log, 3, now_ms - 3 * 3_600_000); // 6-8: old again, but after a new one
+        assert_eq!(log.segment_count(), 3, "[{}]", f.name);
+        let age = |hours| Retention { max_bytes: None, max_age: Some(hour * hours) };
+        assert_eq!(log.apply_retention(age(4)).unwrap(), 0, "[{}] nothing is four hours old", f.name);
+        // Dropping stops at the first segment that is young enough: retention keeps a prefix
+        // order, never a hole.
+        let size = log.size_bytes();
+        assert_eq!(log.apply_retention(age(2)).unwrap(), 1, "[{}]", f.name);
+        assert_eq!(log.lowest_offset(), 3);
+        let stats = log.stats();
+        assert_eq!(
+            (stats.segments_dropped, stats.bytes_dropped),
+            (1, size - log.size_bytes()),
+            "[{}]",
+            f.name
+        );
+        assert_eq!(log.read(3).unwrap().offset, 3);
+    }
+}
+
+#[test]
+fn an_idle_active_segment_is_sealed_once_its_oldest_record_is_too_old() {
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let hour = std::time::Duration::from_secs(3600);
+    for f in fixtures(|_| {}) {
+        let log = f.open();
+        log.roll_if_older(std::time::Duration::ZERO).unwrap();
+        assert_eq!(log.segment_count(), 1, "[{}] an empty segment is never sealed", f.name);
+        append_dated(&log, 2, now_ms - 2 * 3_600_000);
+        log.roll_if_older(3 * hour).unwrap();
+        assert_eq!(log.segment_count(), 1, "[{}] two hours old is young enough", f.name);
+        log.roll_if_older(hour).unwrap();
+        assert_eq!(log.segment_count(), 2, "[{}] sealed, and a new active segment", f.name);
+        log.roll_if_older(std::time::Duration::ZERO).unwrap();
+        assert_eq!(log.segment_count(), 2, "[{}] the new one is empty", f.name);
+        // The sealed segment now ages out, although nothing was appended after it.
+        let dropped = log.apply_retention(Retention { max_bytes: None, max_age: Some(hour) }).unwrap();
+        assert_eq!((dropped, log.lowest_offset(), log.next_offset()), (1, 2, 2), "[{}]", f.name);
+        assert_eq!(log.append(&b"after"[..]).unwrap(), 2);
+        log.close().unwrap();
+        let log = f.open();
+        assert_eq!((log.lowest_offset(), log.read(2).unwrap().value), (2, Bytes::from_static(b"after")));
+    }
+}
+
 #[test]
 fn reader_is_a_consistent_snapshot_of_every_frame() {
     for f in fixtures(|c| c.store_bytes_max = THREE_HELLOS) {

@@ -230,6 +230,9 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         if let Some(acl) = acl {
             server = server.acl(acl);
         }
+        if let Some(policy) = config.retention() {
+            server = server.retention(policy);
+        }
         if let Some(addr) = config.metrics_addr {
             let metrics = tokio::net::TcpListener::bind(addr)
                 .await

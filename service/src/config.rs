@@ -20,8 +20,11 @@
 //! Every error names the setting it is about and fits on one line.
 
 use std::{
+    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
 };
 
 use clap::{ArgMatches, CommandFactory as _, ValueEnum, parser::ValueSource};
@@ -72,6 +75,41 @@ pub enum LogFormat {
     Json,
 }
 
+/// A length of time as people write it: `7d`, `12h`, `90s`, `1h 30m` (humantime's format).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Age(pub Duration);
+
+impl FromStr for Age {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Age, String> {
+        humantime::parse_duration(text)
+            .map(Age)
+            .map_err(|e| format!("`{text}` is not a duration such as 7d, 12h or 30m ({e})"))
+    }
+}
+
+impl TryFrom<String> for Age {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Age, String> {
+        text.parse()
+    }
+}
+
+impl From<Age> for String {
+    fn from(age: Age) -> String {
+        age.to_string()
+    }
+}
+
+impl fmt::Display for Age {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
 /// Every setting of `ringlog serve`. Flags and environment variables are clap's; the
 /// `--config` file layers under them with [`Settings::with_file`]; [`Settings::check`] says
 /// whether they can work together.
@@ -111,6 +149,21 @@ pub struct Settings {
     /// What opening the log does with corruption in a sealed segment
     #[arg(long, env = "RINGLOG_ON_CORRUPTION", value_enum, default_value_t = CorruptionMode::Fail)]
     pub on_corruption: CorruptionMode,
+    /// Delete the oldest segments while the log's files hold more than this [default: keep
+    /// everything]
+    #[arg(long, env = "RINGLOG_RETENTION_BYTES", value_name = "BYTES")]
+    pub retention_bytes: Option<u64>,
+    /// Delete segments whose newest record is older than this, e.g. `7d` or `12h` [default:
+    /// keep everything]
+    #[arg(long, env = "RINGLOG_RETENTION_AGE", value_name = "AGE")]
+    pub retention_age: Option<Age>,
+    /// Seal the active segment once its oldest record is this old, so that a quiet log still
+    /// ages out [default: `retention-age`]
+    #[arg(long, env = "RINGLOG_SEGMENT_AGE", value_name = "AGE")]
+    pub segment_age: Option<Age>,
+    /// How often retention runs
+    #[arg(long, env = "RINGLOG_RETENTION_CHECK_INTERVAL", value_name = "AGE", default_value = "30s")]
+    pub retention_check_interval: Age,
     /// Log filter, e.g. `info` or `ringlog_service=debug,info` [default: `RUST_LOG`, else `info,openraft=warn`]
     #[arg(long, env = "RINGLOG_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -271,8 +324,35 @@ impl Settings {
         if self.index_bytes < 1024 {
             return Err(invalid("index-bytes", format!("{} is below the minimum of 1024", self.index_bytes)));
         }
+        if self.retention_check_interval.0.is_zero() {
+            return Err(invalid("retention-check-interval", "must be longer than 0s"));
+        }
+        if self.peers.is_some() && self.retention().is_some() {
+            // Each node would delete its own prefix, behind Raft's back.
+            let setting = match (self.retention_bytes, self.retention_age) {
+                (Some(_), _) => "retention-bytes",
+                (None, Some(_)) => "retention-age",
+                (None, None) => "segment-age",
+            };
+            return Err(invalid(setting, "retention in a cluster is not built yet; a single node only"));
+        }
         self.cluster()?;
         Ok(())
+    }
+
+    /// What retention deletes and how often, `None` when nothing is set (the log is kept
+    /// whole).
+    pub fn retention(&self) -> Option<crate::retention::RetentionPolicy> {
+        let segment_age = self.segment_age.or(self.retention_age).map(|age| age.0);
+        if self.retention_bytes.is_none() && self.retention_age.is_none() && segment_age.is_none() {
+            return None;
+        }
+        Some(crate::retention::RetentionPolicy {
+            max_bytes: self.retention_bytes,
+            max_age: self.retention_age.map(|age| age.0),
+            segment_age,
+            check_every: self.retention_check_interval.0,
+        })
     }
 
     /// This node's cluster settings, `None` for a single node (no `--peers`).
@@ -486,6 +566,22 @@ mod tests {
             let error = file(text).unwrap_err().to_string();
             assert!(error.contains(setting), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn retention_is_off_unless_set_and_ages_read_as_people_write_them() {
+        assert_eq!(file("").unwrap().retention(), None);
+        let policy = file("retention-bytes = 1000\nretention-age = \"7d\"\n").unwrap().retention().unwrap();
+        assert_eq!((policy.max_bytes, policy.max_age), (Some(1000), Some(Duration::from_secs(7 * 86_400))));
+        assert_eq!(policy.segment_age, policy.max_age, "a segment ages out with the retention age by default");
+        assert_eq!(policy.check_every, Duration::from_secs(30));
+        let policy = file("segment-age = \"1h 30m\"").unwrap().retention().unwrap();
+        assert_eq!((policy.max_age, policy.segment_age), (None, Some(Duration::from_secs(5400))));
+        let error = file("retention-age = \"a week\"").unwrap_err().to_string();
+        assert!(error.contains("`retention-age`") && error.contains("not a duration such as 7d"), "{error}");
+        let cluster = "node-id = 1\npeers = \"1=127.0.0.1:8401\"\nretention-bytes = 1000\n";
+        let error = file(cluster).unwrap_err().to_string();
+        assert!(error.contains("`retention-bytes`") && error.contains("not built yet"), "{error}");
     }
 
     #[test]

@@ -46,6 +46,7 @@ mod codec;
 pub mod config;
 mod metrics;
 pub mod proto;
+pub mod retention;
 mod rpc;
 mod server;
 mod service;

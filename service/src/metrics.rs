@@ -217,6 +217,18 @@ impl Collector for EngineCollector {
         gauge(e, "ringlog_segments", "Segments in the log", log.segment_count() as u64)?;
         gauge(e, "ringlog_disk_bytes", "Bytes of the log's files on disk", log.size_bytes())?;
         gauge(e, "ringlog_lowest_offset", "The lowest offset retained", log.lowest_offset())?;
+        counter(
+            e,
+            "ringlog_segments_dropped",
+            "Segments deleted by retention since open",
+            stats.segments_dropped,
+        )?;
+        counter(
+            e,
+            "ringlog_dropped_bytes",
+            "Store bytes deleted by retention since open",
+            stats.bytes_dropped,
+        )?;
         if let Some(highest) = log.highest_offset() {
             gauge(e, "ringlog_highest_offset", "The highest offset written (absent while empty)", highest)?;
         }

@@ -25,6 +25,7 @@ use crate::{
     cluster::Replica,
     metrics::{self, Metrics},
     proto::{self, admin::cluster_server::ClusterServer, log_server::LogServer},
+    retention::RetentionPolicy,
     rpc::RpcLayer,
     service::{LogService, Role, message_bytes_max},
     tls::TlsConfig,
@@ -77,6 +78,7 @@ pub struct Server {
     shutdown_grace: Duration,
     tls: Option<TlsConfig>,
     acl: Option<Acl>,
+    retention: Option<RetentionPolicy>,
     metrics_listener: Option<TcpListener>,
 }
 
@@ -90,6 +92,7 @@ impl Server {
             shutdown_grace: Duration::from_secs(30),
             tls: None,
             acl: None,
+            retention: None,
             metrics_listener: None,
         }
     }
@@ -121,6 +124,13 @@ impl Server {
     /// certificate's subject: what it does not allow is `PERMISSION_DENIED`.
     pub fn acl(mut self, acl: Acl) -> Server {
         self.acl = Some(acl);
+        self
+    }
+
+    /// Applies `policy` while the server runs (see [`crate::retention`]); a single node
+    /// only: a cluster node ignores it.
+    pub fn retention(mut self, policy: RetentionPolicy) -> Server {
+        self.retention = Some(policy);
         self
     }
 
@@ -171,6 +181,16 @@ impl Server {
             };
             tokio::spawn(metrics::serve(listener, metrics.clone(), stopping))
         });
+        let retention_task = match (&replica, self.retention) {
+            (None, Some(policy)) => {
+                Some(tokio::spawn(crate::retention::run(log.clone(), policy, stop_rx.clone())))
+            }
+            (Some(_), Some(_)) => {
+                warn!("retention is not applied on a cluster node");
+                None
+            }
+            (_, None) => None,
+        };
         let policy = Policy {
             client_cert_required: self.tls.as_ref().is_some_and(TlsConfig::client_cert_required),
             acl: self.acl,
@@ -257,6 +277,10 @@ impl Server {
             reason = node_stopped => Err(ServeError::RaftStopped(reason)),
         };
 
+        if let Some(task) = retention_task {
+            // It stops at the signal; a check under way finishes first.
+            let _ = task.await;
+        }
         // Close even when serving failed, so that queued appends are finished and synced.
         let closed = match &replica {
             Some(replica) => replica.shutdown().await.map_err(ServeError::from),

@@ -104,6 +104,9 @@ pub(crate) enum Message {
     TruncateAfter(Option<u64>, oneshot::Sender<Result<()>>),
     /// Purge every entry up to the id; see `Log::purge`.
     Purge(EntryId, oneshot::Sender<Result<()>>),
+    /// Seal the active segment if its oldest record is older than this (Unix ms); see
+    /// `Log::roll_if_older`.
+    RollIfOlder(u64, oneshot::Sender<Result<()>>),
     /// Finish queued work, sync, trim the index, then reply and stop.
     Close(oneshot::Sender<Result<()>>),
 }

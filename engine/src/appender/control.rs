@@ -1,4 +1,5 @@
-//! What the appender does between groups: explicit syncs, suffix truncation and purge.
+//! What the appender does between groups: explicit syncs, suffix truncation, purge, and
+//! sealing an idle segment.
 //! Nothing is in flight while they change the files (see `docs/format.md` for the order
 //! of their steps and why each is crash-safe).
 
@@ -6,7 +7,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use super::{Appender, syncer::SyncJob};
 use crate::{
-    entry::EntryId,
+    entry::{EntryId, EntryKind},
     error::{IoContext, Result},
     index,
     segment::Segment,
@@ -98,6 +99,33 @@ impl Appender {
             Ok(()) => self.shared.write_meta(|_| {}),
             Err(error) => Err(self.poison(error)),
         }
+    }
+
+    /// Seals the active segment when its oldest record was written before `cutoff_ms`
+    /// (Unix ms), so that age retention can drop it though no append ever fills it. A
+    /// segment without records (empty, or only Raft's blank and membership entries) stays.
+    pub(super) fn roll_if_older(&mut self, cutoff_ms: u64) -> Result<()> {
+        self.finish_in_flight()?;
+        if self.shared.poison.get().is_some() {
+            return Err(self.shared.poison_error());
+        }
+        let active = self.shared.active();
+        let mut index = active.base();
+        let oldest = loop {
+            if index >= active.next_index() {
+                break None;
+            }
+            let entry = active.read_entries(index, 1, 0)?.pop();
+            match entry {
+                Some(entry) if entry.kind == EntryKind::Data => break Some(entry.timestamp_ms),
+                Some(_) => index += 1,
+                None => break None,
+            }
+        };
+        if oldest.is_some_and(|oldest| oldest <= cutoff_ms) {
+            self.roll(&active)?;
+        }
+        Ok(())
     }
 
     /// Purges every entry up to `upto`: durably recorded first, then whole segments below

@@ -343,6 +343,9 @@ fn run(shared: &Shared, state: &Mutex<Appender>, rx: &Receiver<Message>, queued:
             Some(Message::Purge(id, reply)) => {
                 let _ = reply.send(appender.purge(id));
             }
+            Some(Message::RollIfOlder(cutoff_ms, reply)) => {
+                let _ = reply.send(appender.roll_if_older(cutoff_ms));
+            }
             Some(Message::Close(reply)) => {
                 let result = appender.stop();
                 refuse_queued(rx);
@@ -361,7 +364,10 @@ fn refuse_queued(rx: &Receiver<Message>) {
     for message in rx.try_iter() {
         match message {
             Message::Append(request) => Written { done: request.done, first: 0 }.fail(Error::Closed),
-            Message::Sync(reply) | Message::TruncateAfter(_, reply) | Message::Purge(_, reply) => {
+            Message::Sync(reply)
+            | Message::TruncateAfter(_, reply)
+            | Message::Purge(_, reply)
+            | Message::RollIfOlder(_, reply) => {
                 let _ = reply.send(Err(Error::Closed));
             }
             Message::Close(reply) => {

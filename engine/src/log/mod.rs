@@ -459,6 +459,8 @@ impl Log {
             sync_nanos: c.sync_nanos.load(Ordering::Relaxed),
             sync_latency_buckets: std::array::from_fn(|i| c.sync_latency[i].load(Ordering::Relaxed)),
             waiter_wakeups: c.waiter_wakeups.load(Ordering::Relaxed),
+            segments_dropped: c.segments_dropped.load(Ordering::Relaxed),
+            bytes_dropped: c.bytes_dropped.load(Ordering::Relaxed),
         }
     }
 

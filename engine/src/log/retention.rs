@@ -1,10 +1,11 @@
 //! Retention: dropping whole sealed segments from the front of the log, below an offset
-//! or by size and age. The active segment is never dropped.
+//! or by size and age, and sealing an idle active segment so that it can age out. The
+//! active segment is never dropped.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Log;
-use crate::{entry::EntryKind, error::Result, segment::Segment};
+use crate::{appender::Message, entry::EntryKind, error::Result, segment::Segment};
 
 /// Retention limits for [`Log::apply_retention`]. The active segment is never dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,7 +26,7 @@ impl Log {
 
     /// Drops the oldest sealed segments that break a retention limit.
     pub fn apply_retention(&self, retention: Retention) -> Result<usize> {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = now_ms();
         let mut total: u64 = self.shared().segments().iter().map(|s| s.size()).sum();
         self.shared().drop_front(|segment| {
             let over_size = retention.max_bytes.is_some_and(|max| total > max);
@@ -41,6 +42,20 @@ impl Log {
             }
         })
     }
+}
+
+impl Log {
+    /// Seals the active segment if its oldest record is older than `age`, so that a quiet
+    /// log still ages out (age retention never drops the active segment). A segment without
+    /// records is left alone.
+    pub fn roll_if_older(&self, age: Duration) -> Result<()> {
+        let cutoff_ms = now_ms().saturating_sub(age.as_millis() as u64);
+        self.call(|reply| Message::RollIfOlder(cutoff_ms, reply))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Timestamp of a segment's last record.

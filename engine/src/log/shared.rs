@@ -196,10 +196,25 @@ impl Shared {
 
     /// Removes leading sealed segments while `drop` says so; the first index follows.
     pub(crate) fn drop_front(&self, mut drop: impl FnMut(&Segment) -> bool) -> Result<usize> {
+        // `drop` may read the segments (retention by age does): it looks at a copy of the
+        // list, so that readers and appends never wait on its IO.
+        let sealed: Vec<Arc<Segment>> = {
+            let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+            segments[..segments.len() - 1].to_vec()
+        };
+        let chosen = sealed.iter().take_while(|s| drop(s)).count();
+        if chosen == 0 {
+            return Ok(0);
+        }
         let removed: Vec<Arc<Segment>> = {
             let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
-            let sealed = segments.len() - 1;
-            let count = segments[..sealed].iter().take_while(|s| drop(s)).count();
+            // Only what is still at the front (another drop may have taken some meanwhile),
+            // and never the active segment.
+            let count = segments[..segments.len() - 1]
+                .iter()
+                .zip(&sealed[..chosen])
+                .take_while(|(now, seen)| Arc::ptr_eq(now, seen))
+                .count();
             let removed: Vec<_> = segments.drain(..count).collect();
             let first =
                 self.first_index.fetch_max(segments[0].base(), Ordering::AcqRel).max(segments[0].base());
@@ -207,7 +222,10 @@ impl Shared {
             removed
         };
         for segment in &removed {
+            let bytes = segment.size();
             segment.remove(self.disk.as_ref())?;
+            self.stats.segments_dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.bytes_dropped.fetch_add(bytes, Ordering::Relaxed);
         }
         if !removed.is_empty() {
             self.disk.sync_dir(&self.dir).context(|| format!("syncing directory {}", self.dir.display()))?;

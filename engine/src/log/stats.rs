@@ -20,6 +20,8 @@ pub(crate) struct Counters {
     pub(crate) sync_nanos: AtomicU64,
     pub(crate) sync_latency: [AtomicU64; SYNC_LATENCY_BOUNDS_US.len() + 1],
     pub(crate) waiter_wakeups: AtomicU64,
+    pub(crate) segments_dropped: AtomicU64,
+    pub(crate) bytes_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -52,4 +54,9 @@ pub struct Stats {
     pub sync_latency_buckets: [u64; SYNC_LATENCY_BOUNDS_US.len() + 1],
     /// Times a waiting reader was woken (by an append, close or poisoning).
     pub waiter_wakeups: u64,
+    /// Sealed segments dropped from the front since open (retention, `truncate_before`,
+    /// a Raft purge).
+    pub segments_dropped: u64,
+    /// Store bytes of those segments.
+    pub bytes_dropped: u64,
 }

@@ -1,0 +1,66 @@
+//! Retention: a task that, every `--retention-check-interval`, seals the active segment once
+//! its oldest record is `--segment-age` old, then deletes whole segments from the front of
+//! the log while its files hold more than `--retention-bytes` or while the oldest one's
+//! newest record is older than `--retention-age`.
+//!
+//! The engine does the work ([`Log::roll_if_older`], [`Log::apply_retention`]): it never
+//! deletes the active segment, and it decides what to delete without holding the segment
+//! list's lock, so readers and appends never wait on its disk reads. A reader inside a
+//! deleted segment finishes its read (it holds the open files); a later read below the
+//! lowest offset gets `OUT_OF_RANGE` with the lowest offset in its details. The metrics
+//! count what was deleted (`ringlog_segments_dropped`, `ringlog_dropped_bytes`).
+//!
+//! A single node only: a cluster node must not delete its own prefix behind Raft's back
+//! (the settings refuse it).
+
+use std::time::Duration;
+
+use ringlog_engine::{Log, Retention};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// What retention keeps, and how often it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Delete the oldest segments while the log's store files hold more than this.
+    pub max_bytes: Option<u64>,
+    /// Delete segments whose newest record is older than this.
+    pub max_age: Option<Duration>,
+    /// Seal the active segment once its oldest record is this old.
+    pub segment_age: Option<Duration>,
+    /// How often it runs.
+    pub check_every: Duration,
+}
+
+/// Applies `policy` to `log` once; returns the number of segments deleted. It does disk IO:
+/// call it off the async runtime.
+pub fn apply(log: &Log, policy: &RetentionPolicy) -> ringlog_engine::Result<usize> {
+    if let Some(age) = policy.segment_age {
+        log.roll_if_older(age)?;
+    }
+    log.apply_retention(Retention { max_bytes: policy.max_bytes, max_age: policy.max_age })
+}
+
+/// Applies `policy` now and then every `check_every` until `stop` turns true.
+pub(crate) async fn run(log: Log, policy: RetentionPolicy, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(policy.check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+        let target = log.clone();
+        match tokio::task::spawn_blocking(move || apply(&target, &policy)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(dropped)) => info!(
+                segments = dropped,
+                lowest_offset = log.lowest_offset(),
+                bytes = log.size_bytes(),
+                "retention deleted segments"
+            ),
+            Ok(Err(error)) => warn!(%error, "retention failed; it tries again at the next check"),
+            Err(panicked) => warn!(%panicked, "retention panicked; it tries again at the next check"),
+        }
+    }
+}
