@@ -121,6 +121,10 @@ pub enum Error {
     /// The configuration cannot work.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    /// Entries cannot be shipped or installed as asked (see `Log::files_through` and
+    /// `Staging::install`).
+    #[error("snapshot files: {0}")]
+    Snapshot(String),
 }
 
 impl Error {
@@ -165,6 +169,7 @@ impl Error {
             }
             Error::Truncated { index } => Error::Truncated { index: *index },
             Error::InvalidConfig(why) => Error::InvalidConfig(why.clone()),
+            Error::Snapshot(why) => Error::Snapshot(why.clone()),
         }
     }
 

@@ -50,8 +50,8 @@ pub use entry::{Entry, EntryId, EntryKind};
 pub use error::{Error, Result};
 pub use io::{SimDisk, SimFault};
 pub use log::{
-    AppendFuture, AppendTicket, BatchLimits, Log, LogReader, Published, PublishedFuture, Retention,
-    SYNC_LATENCY_BOUNDS_US, Stats,
+    AppendFuture, AppendTicket, BatchLimits, FilePart, Log, LogFiles, LogReader, Published, PublishedFuture,
+    Retention, SYNC_LATENCY_BOUNDS_US, Staging, Stats,
 };
 pub use meta::Meta;
 pub use record::Record;

@@ -100,6 +100,9 @@ struct SegmentFound {
 
 /// `unclean`: the last run may not have closed cleanly (see `DirLockGuard`).
 pub(crate) fn recover(disk: &dyn Disk, dir: &Path, config: &Config, unclean: bool) -> Result<Recovered> {
+    if crate::log::finish_install(disk, dir)? {
+        info!(dir = %dir.display(), "finished installing a snapshot's segments");
+    }
     let meta = MetaFile::load(disk, dir)?.unwrap_or_default();
     let bases = list_segments(disk, dir)?;
     if unclean && !bases.is_empty() {
@@ -234,7 +237,7 @@ fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<u64>> {
     let mut stores = std::collections::BTreeSet::new();
     let mut indexes = Vec::new();
     for name in &names {
-        if [LOCK_FILE, meta::FILE_NAME].contains(&name.as_str()) {
+        if [LOCK_FILE, meta::FILE_NAME].contains(&name.as_str()) || crate::log::is_install_file(name) {
             continue;
         }
         match segment::parse_file_name(name) {
@@ -487,6 +490,35 @@ fn scan(
         expected += 1;
     }
     Ok(Scan { end: position, stop_reason: None })
+}
+
+/// What [`check_frames`] found.
+pub(crate) struct Checked {
+    /// The index after the last frame.
+    pub(crate) next: u64,
+    /// The last frame's term.
+    pub(crate) last_term: Option<u64>,
+    /// The indexes of the non-data entries.
+    pub(crate) gaps: Vec<u64>,
+}
+
+/// Checks the frames of a store file from its header to `len`: indexes contiguous from
+/// `first`, terms never below `term` nor decreasing, every frame intact.
+pub(crate) fn check_frames(
+    file: &dyn DiskFile,
+    path: &Path,
+    len: u64,
+    first: u64,
+    term: Option<u64>,
+) -> Result<Checked> {
+    let mut positions = Vec::new();
+    let mut frames = Frames { positions: &mut positions, last_term: term, gaps: Vec::new() };
+    let scanned = scan(file, path, Format::V2, store::HEADER_LEN as u64, len, first, &mut frames)?;
+    if let Some(reason) = scanned.stop_reason {
+        return Err(Error::corrupt(path, scanned.end, reason));
+    }
+    let (last_term, gaps) = (frames.last_term, frames.gaps);
+    Ok(Checked { next: first + positions.len() as u64, last_term, gaps })
 }
 
 /// A read-ahead window over a store, so scanning costs one `pread` per megabyte.

@@ -573,7 +573,10 @@ mod tests {
         assert_eq!(file("").unwrap().retention(), None);
         let policy = file("retention-bytes = 1000\nretention-age = \"7d\"\n").unwrap().retention().unwrap();
         assert_eq!((policy.max_bytes, policy.max_age), (Some(1000), Some(Duration::from_secs(7 * 86_400))));
-        assert_eq!(policy.segment_age, policy.max_age, "a segment ages out with the retention age by default");
+        assert_eq!(
+            policy.segment_age, policy.max_age,
+            "a segment ages out with the retention age by default"
+        );
         assert_eq!(policy.check_every, Duration::from_secs(30));
         let policy = file("segment-age = \"1h 30m\"").unwrap().retention().unwrap();
         assert_eq!((policy.max_age, policy.segment_age), (None, Some(Duration::from_secs(5400))));

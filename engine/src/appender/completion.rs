@@ -107,6 +107,8 @@ pub(crate) enum Message {
     /// Seal the active segment if its oldest record is older than this (Unix ms); see
     /// `Log::roll_if_older`.
     RollIfOlder(u64, oneshot::Sender<Result<()>>),
+    /// Finish the committed install in the log's directory; see `Staging::install`.
+    Install(oneshot::Sender<Result<()>>),
     /// Finish queued work, sync, trim the index, then reply and stop.
     Close(oneshot::Sender<Result<()>>),
 }

@@ -128,6 +128,44 @@ impl Appender {
         Ok(())
     }
 
+    /// Finishes the committed install in the log's directory (see `log::install`) and
+    /// takes up what it left: the segments, indexes, offsets and metadata, as an open would.
+    /// A failure poisons the log; the next open finishes the install.
+    pub(super) fn install(&mut self) -> Result<()> {
+        self.finish_in_flight()?;
+        self.drain_syncer();
+        if self.shared.poison.get().is_some() {
+            return Err(self.shared.poison_error());
+        }
+        let shared = Arc::clone(&self.shared);
+        let (disk, dir) = (shared.disk.as_ref(), shared.dir.as_path());
+        let result = (|| {
+            crate::log::finish_install(disk, dir)?;
+            crate::recovery::recover(disk, dir, &shared.config, false)
+        })();
+        let recovered = match result {
+            Ok(recovered) => recovered,
+            Err(error) => return Err(self.poison(error)),
+        };
+        let next = recovered.segments.last().expect("recovery leaves a segment").next_index();
+        {
+            let _no_sync = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut segments = shared.segments.write().unwrap_or_else(|p| p.into_inner());
+            shared.truncations.fetch_add(1, Ordering::AcqRel);
+            *segments = recovered.segments;
+            *shared.offsets.write().unwrap_or_else(|p| p.into_inner()) = recovered.offsets;
+            *shared.meta_file() = recovered.meta;
+            shared.first_index.store(recovered.first_index, Ordering::Release);
+            shared.next_index.store(next, Ordering::Release);
+            shared.durable_index.store(next, Ordering::Release);
+        }
+        self.next = next;
+        self.last_term = recovered.last_term;
+        shared.appended.notify(usize::MAX);
+        tracing::info!(dir = %dir.display(), first_index = recovered.first_index, next_index = next, "installed segments");
+        Ok(())
+    }
+
     /// Purges every entry up to `upto`: durably recorded first, then whole segments below
     /// it are deleted. A purge past the last entry empties the log, which goes on at
     /// `upto.index + 1`.

@@ -346,6 +346,9 @@ fn run(shared: &Shared, state: &Mutex<Appender>, rx: &Receiver<Message>, queued:
             Some(Message::RollIfOlder(cutoff_ms, reply)) => {
                 let _ = reply.send(appender.roll_if_older(cutoff_ms));
             }
+            Some(Message::Install(reply)) => {
+                let _ = reply.send(appender.install());
+            }
             Some(Message::Close(reply)) => {
                 let result = appender.stop();
                 refuse_queued(rx);
@@ -367,7 +370,8 @@ fn refuse_queued(rx: &Receiver<Message>) {
             Message::Sync(reply)
             | Message::TruncateAfter(_, reply)
             | Message::Purge(_, reply)
-            | Message::RollIfOlder(_, reply) => {
+            | Message::RollIfOlder(_, reply)
+            | Message::Install(reply) => {
                 let _ = reply.send(Err(Error::Closed));
             }
             Message::Close(reply) => {

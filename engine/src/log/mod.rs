@@ -27,6 +27,8 @@ use bytes::Bytes;
 use event_listener::{Event, Listener};
 use tracing::{info, warn};
 
+pub use install::{FilePart, LogFiles, Staging};
+pub(crate) use install::{finish as finish_install, is_install_file};
 pub use reader::LogReader;
 pub use retention::Retention;
 pub(crate) use shared::Shared;
@@ -46,6 +48,7 @@ use crate::{
     store,
 };
 
+mod install;
 mod raft;
 mod reader;
 mod retention;
