@@ -352,6 +352,84 @@ pub(crate) fn decode_sm_state(bytes: &[u8]) -> io::Result<SmState> {
     Ok(SmState { applied, membership: StoredMembership::new(membership_log_id, membership), records })
 }
 
+/// The head of a snapshot's data stream (see [`crate::snapshot`]): the state machine's state,
+/// and the log's entries that follow, as parts of frames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SnapshotHead {
+    /// The state machine's state ([`encode_sm_state`]).
+    pub state: Bytes,
+    /// The entries shipped after the head; `None` when there are none.
+    pub files: Option<FilesHead>,
+}
+
+/// What the parts after a [`SnapshotHead`] hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FilesHead {
+    /// The entry before the first one.
+    pub before: Option<ringlog_engine::EntryId>,
+    /// The last entry.
+    pub last: ringlog_engine::EntryId,
+    /// The record offset of the first data entry.
+    pub first_offset: u64,
+    /// Each part's first index and length in bytes, in order.
+    pub parts: Vec<ringlog_engine::FilePart>,
+}
+
+impl FilesHead {
+    /// Bytes of all parts.
+    pub fn len(&self) -> u64 {
+        self.parts.iter().map(|p| p.len).sum()
+    }
+}
+
+pub(crate) fn encode_snapshot_head(head: &SnapshotHead) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(VERSION);
+    b.put_u32_le(len_u32(head.state.len()));
+    b.put_slice(&head.state);
+    match &head.files {
+        None => b.put_u8(0),
+        Some(files) => {
+            b.put_u8(1);
+            b.put_u8(u8::from(files.before.is_some()));
+            let before = files.before.unwrap_or_default();
+            for n in [before.term, before.index, files.last.term, files.last.index, files.first_offset] {
+                b.put_u64_le(n);
+            }
+            b.put_u32_le(len_u32(files.parts.len()));
+            for part in &files.parts {
+                b.put_u64_le(part.first_index);
+                b.put_u64_le(part.len);
+            }
+        }
+    }
+    b.freeze()
+}
+
+pub(crate) fn decode_snapshot_head(bytes: &[u8]) -> io::Result<SnapshotHead> {
+    use ringlog_engine::{EntryId, FilePart};
+    let mut r = Reader::new(bytes, "snapshot head");
+    r.version()?;
+    let len = r.u32()? as usize;
+    let state = Bytes::copy_from_slice(r.take(len)?);
+    let files = if r.bool()? {
+        let has_before = r.bool()?;
+        let before = EntryId { term: r.u64()?, index: r.u64()? };
+        let last = EntryId { term: r.u64()?, index: r.u64()? };
+        let first_offset = r.u64()?;
+        let count = r.count(16)?;
+        let mut parts = Vec::with_capacity(count);
+        for _ in 0..count {
+            parts.push(FilePart { first_index: r.u64()?, len: r.u64()? });
+        }
+        Some(FilesHead { before: has_before.then_some(before), last, first_offset, parts })
+    } else {
+        None
+    };
+    r.end()?;
+    Ok(SnapshotHead { state, files })
+}
+
 fn put_log_id(b: &mut BytesMut, id: Option<&LogId>) {
     match id {
         None => b.put_u8(0),
@@ -585,6 +663,20 @@ mod tests {
             records: 80,
         };
         assert_eq!(decode_sm_state(&encode_sm_state(&s)).unwrap(), s);
+        let files = FilesHead {
+            before: Some(ringlog_engine::EntryId { term: 2, index: 9 }),
+            last: ringlog_engine::EntryId { term: 3, index: 40 },
+            first_offset: 7,
+            parts: vec![ringlog_engine::FilePart { first_index: 10, len: 300 }],
+        };
+        for head in [
+            SnapshotHead { state: encode_sm_state(&s), files: Some(files) },
+            SnapshotHead { state: Bytes::new(), files: None },
+        ] {
+            let bytes = encode_snapshot_head(&head);
+            assert_eq!(decode_snapshot_head(&bytes).unwrap(), head);
+            assert!(decode_snapshot_head(&bytes[..bytes.len() - 1]).is_err());
+        }
         let empty = SmState::default();
         assert_eq!(decode_sm_state(&encode_sm_state(&empty)).unwrap(), empty);
     }

@@ -58,6 +58,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod raft_service;
+pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
@@ -75,7 +76,8 @@ pub use log_store::{LogReader, LogStore, READ_BATCH_BYTES};
 pub use network::{Faults, Network, PeerClient};
 pub use node::{ClusterConfig, Error, Node, Raft, WriteError};
 pub use raft_service::RaftService;
-pub use state_machine::{Snapshot, SnapshotBuilder, SnapshotData, StateMachine};
+pub use snapshot::SnapshotData;
+pub use state_machine::{Snapshot, SnapshotBuilder, StateMachine};
 pub use types::{Ack, Entry, LogId, Membership, NodeId, Peer, Record, TypeConfig, Vote, log_id};
 
 /// Where the engine's log lives inside a node's directory.
@@ -98,6 +100,7 @@ pub fn open(dir: impl AsRef<Path>, config: ringlog_engine::Config) -> io::Result
         }
     }
     let log = ringlog_engine::Log::open(dir.join(LOG_DIR), config).map_err(log_store::io_error)?;
+    state_machine::settle_pending(&dir.join(SNAPSHOT_FILE), &log)?;
     let sm = StateMachine::open(dir.join(SNAPSHOT_FILE))?.limiting_reads_of(log.clone());
     Ok((LogStore::new(log), sm))
 }

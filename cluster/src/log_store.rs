@@ -27,12 +27,16 @@
 //! - **`save_vote`** is durable before it returns and never overtakes an earlier append: the
 //!   engine waits until every earlier append is durable, then writes the vote.
 //! - **`truncate_after`** removes the tail newest first and is durable before it returns.
-//! - **`purge`** is logical and durable before it returns; the engine deletes whole segments
-//!   below it. A purge at or below the last one is a no-op. Purging past the last entry
-//!   leaves an empty log whose next index follows the purged id.
-//! - **`get_log_state`**: `last_purged_log_id` is the engine's purged id; `last_log_id` is the
-//!   last present entry, or the purged id when no entry is present. It ignores the state
-//!   machine.
+//! - **`purge`** is logical: Raft stops reading the entries, which stay in the engine as the
+//!   records consumers read (openraft purges up to a snapshot's last entry, and here the
+//!   snapshot's data *is* those entries). Only retention deletes records. A purge at or below
+//!   the last one is a no-op. Purging past the last entry is the engine's purge, durable
+//!   before it returns: it leaves an empty log whose next index follows the purged id. The
+//!   logical purge point is not persisted (openraft allows it): after a restart Raft sees the
+//!   engine's purge point again, with every entry above it present.
+//! - **`get_log_state`**: `last_purged_log_id` is the later of the logical and the engine's
+//!   purge points; `last_log_id` is the last present entry, or the purged id when no entry is
+//!   present. It ignores the state machine.
 //! - **`save_committed`** / **`read_committed`**: kept in the engine's metadata, which writes it
 //!   with its next metadata write (a vote, a purge, a truncation) or on close: best effort, as
 //!   openraft allows. A restarted node re-applies up to the committed id it finds; after a
@@ -54,6 +58,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 
 use openraft::LogState;
 use openraft::OptionalSend;
@@ -72,6 +77,8 @@ pub const READ_BATCH_BYTES: usize = 1 << 20;
 #[derive(Clone)]
 pub struct LogStore {
     log: Log,
+    /// The logical purge point (see the module docs), shared with the readers.
+    purged: Arc<Mutex<Option<LogId>>>,
 }
 
 /// openraft's [`RaftLogReader`] over a ringlog engine [`Log`]: a cheap clone of the store's
@@ -79,13 +86,14 @@ pub struct LogStore {
 #[derive(Clone)]
 pub struct LogReader {
     log: Log,
+    purged: Arc<Mutex<Option<LogId>>>,
 }
 
 impl LogStore {
     /// A log store over `log`. The log should be opened with `Durability::Always` when the
     /// cluster promises that an acknowledged record survives a power loss on a majority.
     pub fn new(log: Log) -> Self {
-        LogStore { log }
+        LogStore { log, purged: Arc::default() }
     }
 
     /// The engine log underneath, for the record reads of `log.v1` consumers.
@@ -124,7 +132,20 @@ fn index_range(range: &impl RangeBounds<u64>) -> (u64, u64) {
 /// Reads the entries in `[start, end)` the log holds: all of them, or with `limited` the first
 /// engine read's worth (one segment, about [`READ_BATCH_BYTES`], at least one entry). Checks the
 /// engine's no-hole promise on the way.
-fn read(log: &Log, start: u64, end: u64, limited: bool) -> io::Result<Vec<Entry>> {
+/// The later of the logical purge point and the engine's.
+fn last_purged(log: &Log, logical: &Mutex<Option<LogId>>) -> Option<LogId> {
+    let logical = *logical.lock().unwrap();
+    logical.max(log.meta().purged.map(from_entry_id))
+}
+
+fn read(
+    log: &Log,
+    purged: &Mutex<Option<LogId>>,
+    start: u64,
+    end: u64,
+    limited: bool,
+) -> io::Result<Vec<Entry>> {
+    let start = start.max(purged.lock().unwrap().map_or(0, |p| p.index + 1));
     let mut out = Vec::new();
     let mut next = start;
     while next < end {
@@ -167,7 +188,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         range: RB,
     ) -> io::Result<Vec<Entry>> {
         let (start, end) = index_range(&range);
-        read(&self.log, start, end, false)
+        read(&self.log, &self.purged, start, end, false)
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
@@ -175,7 +196,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
-        read(&self.log, start, end, true)
+        read(&self.log, &self.purged, start, end, true)
     }
 }
 
@@ -183,13 +204,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
-        let last_purged_log_id = self.log.meta().purged.map(from_entry_id);
-        let last_log_id = last_entry_id(&self.log)?.map(from_entry_id).or(last_purged_log_id);
+        let last_purged_log_id = last_purged(&self.log, &self.purged);
+        let last_log_id = last_entry_id(&self.log)?.map(from_entry_id).max(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> LogReader {
-        LogReader { log: self.log.clone() }
+        LogReader { log: self.log.clone(), purged: self.purged.clone() }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
@@ -242,10 +263,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
-        let upto = entry_id(&log_id);
-        if self.log.meta().purged.is_some_and(|p| p.index >= upto.index) {
+        if last_purged(&self.log, &self.purged).is_some_and(|p| p.index >= log_id.index) {
             return Ok(()); // Purged already: purges only move forward.
         }
+        if log_id.index < self.log.next_index() {
+            *self.purged.lock().unwrap() = Some(log_id);
+            return Ok(());
+        }
+        // Past the last entry: the log continues after it.
+        let upto = entry_id(&log_id);
         let log = self.log.clone();
         blocking(move || log.purge(upto)).await
     }

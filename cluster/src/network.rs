@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use openraft::OptionalSend;
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
@@ -302,21 +303,6 @@ impl PeerClient {
     }
 }
 
-/// The messages of a snapshot stream: `start`, then `data` in chunks of `chunk_bytes` (at
-/// most [`SNAPSHOT_CHUNK_BYTES_MAX`]), each a slice of `data`, not a copy.
-fn snapshot_messages(
-    start: SnapshotStart,
-    data: Bytes,
-    chunk_bytes: usize,
-) -> impl Iterator<Item = SnapshotChunk> {
-    let chunk_bytes = chunk_bytes.clamp(1, SNAPSHOT_CHUNK_BYTES_MAX);
-    let chunks =
-        (0..data.len()).step_by(chunk_bytes).map(move |at| data.slice(at..data.len().min(at + chunk_bytes)));
-    std::iter::once(snapshot_chunk::Kind::Start(start))
-        .chain(chunks.map(snapshot_chunk::Kind::Chunk))
-        .map(|kind| SnapshotChunk { kind: Some(kind) })
-}
-
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SnapshotData;
 
@@ -357,22 +343,37 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let mut client = self.ready()?;
         let ttl = option.soft_ttl();
         let chunk_bytes = option.snapshot_chunk_size().unwrap_or(self.snapshot_chunk_bytes);
-        let data = snapshot.snapshot.as_bytes().clone();
+        let chunk_bytes = chunk_bytes.clamp(1, SNAPSHOT_CHUNK_BYTES_MAX);
+        let (data_bytes, chunks) = snapshot.snapshot.chunks(chunk_bytes);
         let start = SnapshotStart {
             header: Some(self.header()),
             vote: codec::encode_vote(&vote),
             meta: codec::encode_snapshot_meta(&snapshot.meta),
-            data_bytes: data.len() as u64,
+            data_bytes,
         };
 
         // Each message the transport takes is progress; the watchdog below times out when the
         // receiver has taken nothing (or, after the last chunk, answered nothing) for `ttl`.
+        // A segment file that cannot be read ends the stream short (the receiver refuses it)
+        // and the error is kept for the answer.
         let progress = Arc::new(Mutex::new(Instant::now()));
-        let messages = snapshot_messages(start, data, chunk_bytes).inspect({
+        let read_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
+        let start = SnapshotChunk { kind: Some(snapshot_chunk::Kind::Start(start)) };
+        let data = chunks.scan(read_error.clone(), |failed, chunk| {
+            let message = match chunk {
+                Ok(bytes) => Some(SnapshotChunk { kind: Some(snapshot_chunk::Kind::Chunk(bytes)) }),
+                Err(error) => {
+                    *failed.lock().unwrap() = Some(error);
+                    None
+                }
+            };
+            std::future::ready(message)
+        });
+        let messages = futures_util::stream::once(std::future::ready(start)).chain(data).inspect({
             let progress = progress.clone();
             move |_| *progress.lock().unwrap() = Instant::now()
         });
-        let call = client.install_snapshot(futures_util::stream::iter(messages));
+        let call = client.install_snapshot(messages);
         let watchdog = async {
             loop {
                 let deadline = *progress.lock().unwrap() + ttl;
@@ -389,7 +390,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                         .map_err(|e| self.unreachable(format!("undecodable snapshot reply: {e}")))?;
                     Ok(SnapshotResponse::new(vote))
                 }
-                Err(status) => Err(self.status_error(RPCTypes::InstallSnapshot, ttl, &status).into()),
+                Err(status) => match read_error.lock().unwrap().take() {
+                    Some(error) => Err(self.unreachable(format!("reading the snapshot's segment files: {error}")).into()),
+                    None => Err(self.status_error(RPCTypes::InstallSnapshot, ttl, &status).into()),
+                },
             },
             () = watchdog => Err(StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, ttl))),
             closed = cancel => Err(StreamingError::Closed(closed)),
@@ -400,38 +404,6 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn chunks(data: &Bytes, chunk_bytes: usize) -> Vec<Bytes> {
-        let mut messages = snapshot_messages(SnapshotStart::default(), data.clone(), chunk_bytes);
-        assert!(matches!(messages.next().unwrap().kind, Some(snapshot_chunk::Kind::Start(_))));
-        messages
-            .map(|m| match m.kind {
-                Some(snapshot_chunk::Kind::Chunk(c)) => c,
-                other => panic!("not a chunk: {other:?}"),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_snapshot_is_sent_as_start_then_in_order_chunks_of_the_chosen_size() {
-        let data = Bytes::from((0..100u8).collect::<Vec<_>>());
-        let sent = chunks(&data, 7);
-        assert_eq!(sent.len(), 15);
-        assert!(sent[..14].iter().all(|c| c.len() == 7) && sent[14].len() == 2);
-        assert_eq!(sent.concat(), data);
-        assert_eq!(chunks(&data, 0).len(), 100, "a zero chunk size is one byte");
-        assert_eq!(chunks(&Bytes::new(), 7).len(), 0, "empty data is the start message alone");
-    }
-
-    #[test]
-    fn snapshot_chunks_never_exceed_the_transport_limit() {
-        let data = Bytes::from(vec![0u8; SNAPSHOT_CHUNK_BYTES_MAX * 2 + 1]);
-        let sent = chunks(&data, usize::MAX);
-        assert_eq!(
-            sent.iter().map(Bytes::len).collect::<Vec<_>>(),
-            [SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX, 1]
-        );
-    }
 
     #[test]
     fn the_fault_switch_cuts_and_heals() {

@@ -9,14 +9,11 @@
 //!
 //! A snapshot arrives as a stream: a start message (vote, metadata, size), then the data in
 //! chunks. The receiver checks the declared size against its limit before it takes any data,
-//! and refuses a stream that sends more or less than declared. Today's snapshot data is the
-//! state machine's few bytes (see [`crate::state_machine`]), so the chunks are gathered in
-//! memory up to that limit; once a snapshot is the log's segment files, this is where chunks
-//! go to a staging directory on disk instead.
+//! writes the log's parts to staged files as they arrive ([`crate::snapshot::Receiver`], so
+//! memory stays bounded), and refuses a stream that sends more or less than declared.
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use openraft::async_runtime::WatchReceiver;
 use ringlog_engine::Log;
 use tonic::{Request, Response, Status, Streaming};
@@ -28,7 +25,8 @@ use crate::proto::raft_server::{Raft as RaftRpc, RaftServer};
 use crate::proto::{
     Header, RaftReply, RaftRequest, SnapshotChunk, StatusReply, StatusRequest, snapshot_chunk,
 };
-use crate::state_machine::{Snapshot, SnapshotData};
+use crate::snapshot::Receiver;
+use crate::state_machine::Snapshot;
 use crate::types::NodeId;
 
 /// The `raft.v1.Raft` service of one node: see the module docs.
@@ -103,6 +101,14 @@ fn invalid(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// A stream that does not add up is the sender's fault; a disk that cannot take it is ours.
+fn snapshot_error(e: &std::io::Error) -> Status {
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => invalid(e),
+        _ => Status::unavailable(format!("staging the snapshot: {e}")),
+    }
+}
+
 fn reply(payload: bytes::Bytes) -> Response<RaftReply> {
     Response::new(RaftReply { payload })
 }
@@ -153,24 +159,18 @@ impl RaftRpc for RaftService {
                 start.data_bytes, self.snapshot_bytes_max
             )));
         }
-        let expected = start.data_bytes as usize;
-        let mut data = BytesMut::with_capacity(expected);
+        let mut receiver = Receiver::new(self.log.clone(), start.data_bytes);
         while let Some(message) = stream.message().await? {
             // The switch may be thrown while the stream runs.
             self.admit(start.header.as_ref())?;
             let Some(snapshot_chunk::Kind::Chunk(chunk)) = message.kind else {
                 return Err(invalid("a second start message in a snapshot stream"));
             };
-            if data.len() + chunk.len() > expected {
-                return Err(invalid(format!("snapshot data exceeds the declared {expected} bytes")));
-            }
-            data.extend_from_slice(&chunk);
+            receiver.push(chunk).await.map_err(|e| snapshot_error(&e))?;
         }
-        if data.len() != expected {
-            return Err(invalid(format!("snapshot stream ended after {} of {expected} bytes", data.len())));
-        }
-        tracing::info!(node = self.id, from, %meta, "installing a snapshot");
-        let snapshot = Snapshot { meta, snapshot: SnapshotData::from_bytes(data.freeze()) };
+        let data = receiver.finish().map_err(|e| snapshot_error(&e))?;
+        tracing::info!(node = self.id, from, %meta, bytes = start.data_bytes, "installing a snapshot");
+        let snapshot = Snapshot { meta, snapshot: data };
         let resp = self.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| self.stopped(e))?;
         Ok(reply(codec::encode_vote(&resp.vote)))
     }

@@ -22,16 +22,17 @@
 //! commit, and consumers must wait for that (`Raft::wait_for_recovery`) so that they never see
 //! the high watermark go back.
 //!
-//! # Snapshots are the state, not the records (yet)
+//! # Snapshots carry the records
 //!
-//! A snapshot's data ([`SnapshotData`]) is the state above and nothing else. That is complete
-//! for this node, whose records stay in its own log, and it is what the storage suite's
-//! build/install tests need. It is **not** enough for a follower that is sent a snapshot
-//! because the leader purged the entries it lacks: the follower's applied mark moves, but it
-//! does not receive the records below it. The design (`replication.md`, decision 7) makes a
-//! snapshot a pinned view of the leader's segment files, streamed to disk; that is left for the
-//! cluster work, and until then a node must not purge entries a follower still needs (the
-//! default snapshot policy must stay off, and retention must wait for every follower).
+//! A snapshot's data ([`SnapshotData`], see [`crate::snapshot`]) is the state above plus a
+//! view of the log's entries through the applied one: a follower whose leader purged what it
+//! lacks receives the records themselves. The snapshot file keeps only the state; the view is
+//! taken from the log whenever the snapshot is read. Installing one replaces the log's entries
+//! with the shipped ones (unless the log already holds the snapshot's last entry) and the
+//! state, in this order, with the new state written to `snapshot.pending` first: a node that
+//! crashes in between finds the pending state at its next start and keeps it exactly when its
+//! log holds that state's last applied entry (the install finished), so the log and the
+//! state never disagree.
 //!
 //! How each contract is honoured:
 //!
@@ -42,8 +43,9 @@
 //!   not `force` is set; the builder works on a copy of the state taken when it was created.
 //! - **`build_snapshot`** persists the snapshot before returning it, so that
 //!   `get_current_snapshot` returns it, now and after a restart.
-//! - **`install_snapshot`** checks the data against the metadata, persists it (replacing the
-//!   previous snapshot atomically) and replaces the state, all before it returns.
+//! - **`install_snapshot`** checks the data against the metadata, installs its entries in the
+//!   log, persists the state (replacing the previous snapshot atomically) and replaces the
+//!   state, all before it returns.
 //! - **`get_current_snapshot`** returns the last snapshot built or installed, or `None`.
 
 use std::fs::{self, File};
@@ -51,7 +53,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use futures_util::StreamExt;
 use openraft::EntryPayload;
 use openraft::OptionalSend;
@@ -59,34 +61,13 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
 
 use crate::codec::{self, SmState};
+pub use crate::snapshot::SnapshotData;
 use crate::types::{Ack, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// A snapshot as openraft sees it: metadata plus [`SnapshotData`].
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"RLSS";
-
-/// The data of a snapshot: the state machine's state (applied log id, membership, record
-/// count), versioned, in the crate's own little-endian layout.
-///
-/// The bytes are what the network layer ships to a follower; [`SnapshotData::from_bytes`]
-/// takes them back (they are checked when installed).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotData {
-    bytes: Bytes,
-}
-
-impl SnapshotData {
-    /// The encoded state.
-    pub fn as_bytes(&self) -> &Bytes {
-        &self.bytes
-    }
-
-    /// Snapshot data received from a peer.
-    pub fn from_bytes(bytes: Bytes) -> Self {
-        SnapshotData { bytes }
-    }
-}
 
 /// The index after `applied`: what readers may see below.
 fn next_index(applied: Option<LogId>) -> u64 {
@@ -106,14 +87,16 @@ struct Shared {
 /// openraft's [`RaftStateMachine`] for ringlog: see the module docs.
 pub struct StateMachine {
     shared: Arc<Shared>,
-    /// The log whose readers see only applied entries ([`StateMachine::limiting_reads_of`]).
-    reads_of: Option<ringlog_engine::Log>,
+    /// The log whose entries snapshots carry and whose readers see only applied entries
+    /// ([`StateMachine::limiting_reads_of`]).
+    log: Option<ringlog_engine::Log>,
 }
 
 /// Builds a snapshot of the state as it was when the builder was created.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
     state: SmState,
+    log: Option<ringlog_engine::Log>,
 }
 
 impl StateMachine {
@@ -124,7 +107,7 @@ impl StateMachine {
         let snapshot = read_snapshot(&path)?;
         let state = snapshot.clone().unwrap_or_default();
         let shared = Shared { path, state: Mutex::new(state), snapshot: Mutex::new(snapshot) };
-        Ok(StateMachine { shared: Arc::new(shared), reads_of: None })
+        Ok(StateMachine { shared: Arc::new(shared), log: None })
     }
 
     /// Keeps `log`'s record readers below the applied mark from now on (its read limit
@@ -132,12 +115,12 @@ impl StateMachine {
     /// node serve committed records only (`replication.md`, decision 4).
     pub fn limiting_reads_of(mut self, log: ringlog_engine::Log) -> Self {
         log.set_read_limit(next_index(self.applied()));
-        self.reads_of = Some(log);
+        self.log = Some(log);
         self
     }
 
     fn applied_moved(&self, applied: Option<LogId>) {
-        if let Some(log) = &self.reads_of {
+        if let Some(log) = &self.log {
             log.set_read_limit(next_index(applied));
         }
     }
@@ -154,13 +137,25 @@ impl StateMachine {
 
     fn builder(&self) -> SnapshotBuilder {
         let state = self.shared.state.lock().unwrap().clone();
-        SnapshotBuilder { shared: self.shared.clone(), state }
+        SnapshotBuilder { shared: self.shared.clone(), state, log: self.log.clone() }
     }
 }
 
-fn snapshot_of(state: &SmState) -> Snapshot {
+/// The snapshot of `state`, with the view of `log`'s entries through its applied one when
+/// the log holds them. (It holds none when a state was applied from entries never appended
+/// here, as openraft's storage suite does; a node's own log always holds what it applied,
+/// since it purges only below a snapshot.)
+fn snapshot_of(state: &SmState, log: Option<&ringlog_engine::Log>) -> io::Result<Snapshot> {
     let meta = SnapshotMeta { last_log_id: state.applied, last_membership: state.membership.clone() };
-    Snapshot { meta, snapshot: SnapshotData { bytes: codec::encode_sm_state(state) } }
+    let files = match (log, state.applied) {
+        (Some(log), Some(applied))
+            if log.first_index() <= applied.index && applied.index < log.next_index() =>
+        {
+            Some(log.files_through(applied.index).map_err(crate::log_store::io_error)?)
+        }
+        _ => None,
+    };
+    Ok(Snapshot { meta, snapshot: SnapshotData::local(codec::encode_sm_state(state), files) })
 }
 
 /// Persists `state` as the current snapshot unless a newer one is already there.
@@ -183,9 +178,42 @@ async fn persist(shared: &Arc<Shared>, state: SmState, force: bool) -> io::Resul
 }
 
 fn temp_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".tmp")
+}
+
+/// Where the state of a snapshot being installed waits until its entries are in the log.
+fn pending_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".pending")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
+    name.push(suffix);
     path.with_file_name(name)
+}
+
+/// At a node's start: a snapshot whose install a crash interrupted becomes the snapshot if
+/// its entries made it into `log` (the log holds its last applied entry), and is dropped
+/// otherwise (the log is still the old one, and so is the snapshot).
+pub(crate) fn settle_pending(path: &Path, log: &ringlog_engine::Log) -> io::Result<()> {
+    let pending = pending_path(path);
+    let state = match read_snapshot(&pending) {
+        Ok(Some(state)) => state,
+        Ok(None) => return Ok(()),
+        // Torn before it was synced: the install never began.
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => return fs::remove_file(&pending),
+        Err(e) => return Err(e),
+    };
+    let installed = state.applied.is_some_and(|applied| {
+        let id = crate::codec::entry_id(&applied);
+        log.read_entries(id.index, id.index + 1, 0).is_ok_and(|e| e.first().map(|e| e.id) == Some(id))
+    });
+    if installed {
+        fs::rename(&pending, path)?;
+    } else {
+        fs::remove_file(&pending)?;
+    }
+    sync_dir(path)
 }
 
 /// `magic | len u32 | state | crc32c(len | state) u32`, written to a temp file, synced,
@@ -256,7 +284,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         persist(&self.shared, self.state.clone(), false).await?;
-        Ok(snapshot_of(&self.state))
+        snapshot_of(&self.state, self.log.as_ref())
     }
 }
 
@@ -306,14 +334,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
-        let state = codec::decode_sm_state(&snapshot.bytes)?;
-        if state.applied != meta.last_log_id || state.membership != meta.last_membership {
+        let state = codec::decode_sm_state(snapshot.state())?;
+        let entries_match =
+            snapshot.last_entry().is_none_or(|last| state.applied.map(|a| codec::entry_id(&a)) == Some(last));
+        if state.applied != meta.last_log_id || state.membership != meta.last_membership || !entries_match {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("snapshot data (applied {:?}) does not match its metadata {meta}", state.applied),
+                format!(
+                    "snapshot data (applied {:?}, entries through {:?}) does not match its metadata {meta}",
+                    state.applied,
+                    snapshot.last_entry()
+                ),
             ));
         }
+        if let Some(log) = &self.log {
+            if snapshot.last_entry().is_some() {
+                // The state waits beside the snapshot file until the entries are in.
+                let (pending, pending_state) = (pending_path(&self.shared.path), state.clone());
+                TypeConfig::spawn_blocking(move || write_snapshot(&pending, &pending_state)).await??;
+            }
+            crate::snapshot::install(&snapshot, log).await?;
+        }
         persist(&self.shared, state.clone(), true).await?;
+        let pending = pending_path(&self.shared.path);
+        if pending.exists() {
+            fs::remove_file(&pending)?;
+        }
         let applied = state.applied;
         *self.shared.state.lock().unwrap() = state;
         self.applied_moved(applied);
@@ -321,7 +367,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        Ok(self.shared.snapshot.lock().unwrap().as_ref().map(snapshot_of))
+        let state = self.shared.snapshot.lock().unwrap().clone();
+        state.map(|state| snapshot_of(&state, self.log.as_ref())).transpose()
     }
 }
 

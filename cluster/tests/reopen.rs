@@ -109,21 +109,28 @@ fn truncation_survives_reopen_and_the_log_continues_in_a_new_term() {
     });
 }
 
+/// A purge inside the log is logical: Raft stops reading the entries, which stay as records
+/// (a snapshot's data is those entries), and after a reopen Raft sees them again, which
+/// openraft allows. A purge past the last entry is the engine's, and survives a reopen.
 #[test]
-fn purge_survives_reopen_even_past_the_last_entry() {
+fn a_purge_inside_the_log_is_logical_and_one_past_the_last_entry_survives_reopen() {
     run(async |dir| {
         let (mut store, _sm) = open(dir);
         store.blocking_append(entries(1, 0..10)).await.unwrap();
         store.purge(log_id(1, 4)).await.unwrap();
-        close(store);
-
-        let (mut store, _sm) = open(dir);
         assert_eq!(all_entries(&mut store).await, entries(1, 5..10));
         let state = store.get_log_state().await.unwrap();
         assert_eq!(
             state,
             LogState { last_purged_log_id: Some(log_id(1, 4)), last_log_id: Some(log_id(1, 9)) }
         );
+        assert_eq!((store.log().first_index(), store.log().next_index()), (0, 10), "the records stay");
+        close(store);
+
+        let (mut store, _sm) = open(dir);
+        assert_eq!(all_entries(&mut store).await, entries(1, 0..10));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state, LogState { last_purged_log_id: None, last_log_id: Some(log_id(1, 9)) });
 
         // A follower that installed a snapshot past its log purges everything, then appends
         // right after the snapshot.

@@ -1,6 +1,6 @@
 //! The Raft transport on its own: how failures reach openraft (an unreachable or silent peer
 //! is an `Unreachable` or `Timeout`, never fatal), the fault switch in both directions, a
-//! snapshot streamed in many chunks, and the bootstrap rule.
+//! snapshot of records streamed in many chunks, and the bootstrap rule.
 
 mod common;
 
@@ -14,7 +14,7 @@ use openraft::error::{RPCError, ReplicationClosed};
 use openraft::network::RPCOption;
 use openraft::raft::VoteRequest;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-use ringlog_cluster::{Entry, Faults, Membership, Network, Peer, StateMachine, Vote, log_id};
+use ringlog_cluster::{Entry, Faults, Membership, Network, Peer, Record, Vote, log_id};
 use tokio::net::TcpListener;
 
 fn harmless_vote(from: u64) -> VoteRequest<ringlog_cluster::TypeConfig> {
@@ -98,21 +98,41 @@ async fn a_call_for_another_node_id_is_refused() {
     assert!(err.to_string().contains("this is node 3, not node 2"), "{err}");
 }
 
+/// A snapshot carries the records: node 3 (empty) receives the leader's entries, streamed in
+/// seven-byte chunks, and serves them afterwards at the same offsets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_streams_in_many_chunks_and_installs() {
+async fn a_snapshot_streams_its_records_in_many_chunks_and_installs_them() {
     // Node 3 alone, pristine: it is not the lowest id, so it waits for a leader.
     let cluster = Cluster::start_some(3, [3]).await;
 
-    // A consistent snapshot from a state machine that applied a membership and four blanks.
+    // A log of a membership entry and 40 records, applied: the snapshot ships its segments.
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path().join("snapshot")).unwrap();
+    let engine = ringlog_engine::Config { store_bytes_max: 512, record_bytes_max: 100, ..config().engine };
+    let (store, mut sm) = ringlog_cluster::open(dir.path(), engine).unwrap();
     let membership = Membership::new_with_defaults(vec![[1, 2, 3].into()], []);
+    let value = |i: u64| bytes::Bytes::from(format!("record {i}"));
+    let mut raw = vec![ringlog_engine::Entry {
+        id: ringlog_engine::EntryId { term: 1, index: 0 },
+        kind: ringlog_engine::EntryKind::Membership,
+        timestamp_ms: 0,
+        // Never read back: the entries under a snapshot are not Raft's any more.
+        payload: bytes::Bytes::new(),
+    }];
     let mut applied = vec![Entry::new_membership(log_id(1, 0), membership.clone())];
-    applied.extend((1..5).map(|i| Entry::new_blank(log_id(1, i))));
+    for i in 1..=40 {
+        let id = ringlog_engine::EntryId { term: 1, index: i };
+        raw.push(ringlog_engine::Entry {
+            id,
+            kind: ringlog_engine::EntryKind::Data,
+            timestamp_ms: i,
+            payload: value(i),
+        });
+        applied.push(Entry::new_normal(log_id(1, i), Record { timestamp_ms: i, value: value(i) }));
+    }
+    store.log().append_entries(raw, |_| {}).unwrap().wait().unwrap();
     sm.apply(futures_util::stream::iter(applied.into_iter().map(|e| Ok((e, None))))).await.unwrap();
     let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    let data_bytes = snapshot.snapshot.as_bytes().len();
-    assert!(data_bytes > 20, "a snapshot of {data_bytes} bytes makes few chunks");
+    assert!(store.log().segment_count() > 2, "the records span several segments");
 
     // Seven-byte chunks: the receiver must put them back together in order.
     let tiny_chunks = ringlog_cluster::ClusterConfig { snapshot_chunk_bytes: 7, ..config() };
@@ -126,10 +146,16 @@ async fn a_snapshot_streams_in_many_chunks_and_installs() {
         .unwrap();
     assert_eq!(resp.vote, vote);
 
-    let node = cluster.node(3).raft();
-    let m = node.wait(Some(WAIT)).snapshot(log_id(1, 4), "node 3 installs the snapshot").await.unwrap();
-    assert_eq!(m.last_applied, Some(log_id(1, 4)));
+    let node = cluster.node(3);
+    let m =
+        node.raft().wait(Some(WAIT)).snapshot(log_id(1, 40), "node 3 installs the snapshot").await.unwrap();
+    assert_eq!(m.last_applied, Some(log_id(1, 40)));
     assert_eq!(m.membership_config.membership(), &membership);
+    for offset in 0..40 {
+        let record = node.log().read(offset).unwrap();
+        assert_eq!(record.value, value(offset + 1), "offset {offset}");
+    }
+    assert_eq!(node.log().next_offset(), 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
