@@ -224,6 +224,7 @@ fn serve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<()> {
             (None, Some(cluster)) => Server::replica(start_node(&config, cluster).await?),
             (None, None) => unreachable!("a log or a cluster"),
         };
+        server = server.limits(config.server_limits());
         if let Some(tls) = tls {
             server = server.tls(tls);
         }

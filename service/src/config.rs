@@ -31,6 +31,8 @@ use clap::{ArgMatches, CommandFactory as _, ValueEnum, parser::ValueSource};
 use ringlog_engine::{Backend, Config, Durability, OnCorruption};
 use serde::{Deserialize, Serialize};
 
+use crate::ServerLimits;
+
 /// When appends are acknowledged relative to `fdatasync`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -185,6 +187,36 @@ pub struct Settings {
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off]
     #[arg(long, env = "RINGLOG_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Most connections open at a time; more wait in the listen backlog (lowered at start to
+    /// what `ulimit -n` leaves room for)
+    #[arg(long, env = "RINGLOG_MAX_CONNECTIONS", value_name = "N",
+          default_value_t = ServerLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Most concurrent calls (HTTP/2 streams) on one connection
+    #[arg(long, env = "RINGLOG_MAX_STREAMS_PER_CONNECTION", value_name = "N",
+          default_value_t = ServerLimits::default().max_streams_per_connection)]
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 receive window of one call: what a client may send before the server reads it
+    #[arg(long, env = "RINGLOG_STREAM_WINDOW_BYTES", value_name = "BYTES",
+          default_value_t = ServerLimits::default().stream_window_bytes)]
+    pub stream_window_bytes: u32,
+    /// HTTP/2 receive window of one connection, shared by its calls
+    #[arg(long, env = "RINGLOG_CONNECTION_WINDOW_BYTES", value_name = "BYTES",
+          default_value_t = ServerLimits::default().connection_window_bytes)]
+    pub connection_window_bytes: u32,
+    /// How often an HTTP/2 PING checks each connection's peer; 0: never
+    #[arg(long, env = "RINGLOG_HTTP2_KEEPALIVE_INTERVAL_MS", value_name = "MS", default_value_t = 30_000)]
+    pub http2_keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection (and its calls) is dropped
+    #[arg(long, env = "RINGLOG_HTTP2_KEEPALIVE_TIMEOUT_MS", value_name = "MS", default_value_t = 20_000)]
+    pub http2_keepalive_timeout_ms: u64,
+    /// Idle time before TCP keepalive probes (every 10 s, 3 unanswered close); 0: none
+    #[arg(long, env = "RINGLOG_TCP_KEEPALIVE_MS", value_name = "MS", default_value_t = 60_000)]
+    pub tcp_keepalive_ms: u64,
+    /// Most value bytes one ProduceStream may have appended but not yet answered
+    #[arg(long, env = "RINGLOG_PRODUCE_IN_FLIGHT_BYTES", value_name = "BYTES",
+          default_value_t = ServerLimits::default().produce_in_flight_bytes)]
+    pub produce_in_flight_bytes: usize,
     /// This node's id (in `--peers`; a single node reports it in GetServers) [default: 1]
     #[arg(long, env = "RINGLOG_NODE_ID", value_name = "ID")]
     pub node_id: Option<u64>,
@@ -336,6 +368,30 @@ impl Settings {
             };
             return Err(invalid(setting, "retention in a cluster is not built yet; a single node only"));
         }
+        for (setting, value) in [
+            ("max-connections", self.max_connections as u64),
+            ("max-streams-per-connection", u64::from(self.max_streams_per_connection)),
+            ("produce-in-flight-bytes", self.produce_in_flight_bytes as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(setting, "must be at least 1"));
+            }
+        }
+        // HTTP/2 windows: at least the protocol's initial 65535, at most 2^31 - 1 (RFC 9113).
+        for (setting, value) in [
+            ("stream-window-bytes", self.stream_window_bytes),
+            ("connection-window-bytes", self.connection_window_bytes),
+        ] {
+            if !(65_535..=(1 << 31) - 1).contains(&value) {
+                return Err(invalid(setting, format!("{value} is not between 65535 and 2147483647")));
+            }
+        }
+        if self.http2_keepalive_interval_ms > 0 && self.http2_keepalive_timeout_ms == 0 {
+            return Err(invalid(
+                "http2-keepalive-timeout-ms",
+                "must be at least 1 with http2-keepalive-interval-ms",
+            ));
+        }
         self.cluster()?;
         Ok(())
     }
@@ -390,6 +446,21 @@ impl Settings {
             key: self.tls_key_file.clone()?,
             client_ca: self.tls_client_ca_file.clone(),
         })
+    }
+
+    /// The server's limits these settings ask for.
+    pub fn server_limits(&self) -> ServerLimits {
+        let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        ServerLimits {
+            max_connections: self.max_connections,
+            max_streams_per_connection: self.max_streams_per_connection,
+            stream_window_bytes: self.stream_window_bytes,
+            connection_window_bytes: self.connection_window_bytes,
+            http2_keepalive_interval: millis(self.http2_keepalive_interval_ms),
+            http2_keepalive_timeout: Duration::from_millis(self.http2_keepalive_timeout_ms),
+            tcp_keepalive: millis(self.tcp_keepalive_ms),
+            produce_in_flight_bytes: self.produce_in_flight_bytes,
+        }
     }
 
     /// The tracing filter: `log-level`, else `RUST_LOG`, else `info` (with openraft at
@@ -493,6 +564,28 @@ mod tests {
         assert_eq!(settings.max_record_bytes, 1 << 20);
         assert_eq!(settings.durability, DurabilityMode::Interval);
         assert_eq!(settings.tls(), None);
+    }
+
+    #[test]
+    fn server_limits_default_to_the_servers_and_are_checked() {
+        let settings = Settings::parse_from(["serve"]);
+        assert_eq!(settings.server_limits(), ServerLimits::default());
+        let text = "max-connections = 2\nmax-streams-per-connection = 3\nhttp2-keepalive-interval-ms = 0\n\
+                    tcp-keepalive-ms = 0\nstream-window-bytes = 70000\nconnection-window-bytes = 140000\n";
+        let limits = file(text).unwrap().server_limits();
+        assert_eq!((limits.max_connections, limits.max_streams_per_connection), (2, 3));
+        assert_eq!((limits.http2_keepalive_interval, limits.tcp_keepalive), (None, None));
+        assert_eq!((limits.stream_window_bytes, limits.connection_window_bytes), (70_000, 140_000));
+        for (text, setting) in [
+            ("max-connections = 0", "`max-connections`"),
+            ("max-streams-per-connection = 0", "`max-streams-per-connection`"),
+            ("stream-window-bytes = 1000", "`stream-window-bytes`"),
+            ("connection-window-bytes = 4294967295", "`connection-window-bytes`"),
+            ("http2-keepalive-timeout-ms = 0", "`http2-keepalive-timeout-ms`"),
+        ] {
+            let error = file(text).unwrap_err().to_string();
+            assert!(error.contains(setting), "{text}: {error}");
+        }
     }
 
     #[test]

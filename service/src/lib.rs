@@ -10,7 +10,9 @@
 //! Security and operations are options of the [`Server`]: TLS and mutual TLS
 //! ([`TlsConfig`]), authorization of produce and consume by the client certificate's subject
 //! ([`Acl`], subject rule in [`subject`]), and Prometheus metrics at `/metrics`
-//! ([`Server::metrics_listener`]). Every call runs in a tracing span `rpc` with its method,
+//! ([`Server::metrics_listener`]), and limits against clients that misbehave
+//! ([`ServerLimits`]: connections, streams per connection, what one call may make the server
+//! buffer, keepalives). Every call runs in a tracing span `rpc` with its method,
 //! peer, subject, status code and latency. [`certs`] makes certificates for trying it out.
 //!
 //! ```no_run
@@ -44,6 +46,7 @@ pub mod certs;
 pub mod cluster;
 mod codec;
 pub mod config;
+mod connections;
 mod metrics;
 pub mod proto;
 pub mod retention;
@@ -55,7 +58,7 @@ pub mod tls;
 
 pub use acl::{Acl, Action};
 pub use auth::subject;
-pub use server::{ServeError, Server};
+pub use server::{ServeError, Server, ServerLimits, TCP_KEEPALIVE_PROBE_INTERVAL, TCP_KEEPALIVE_PROBES};
 pub use service::{Limits, LogService, message_bytes_max};
 pub use status::{DOMAIN, LOCALE, REASON_OUT_OF_RANGE, is_not_written};
 pub use tls::TlsConfig;

@@ -6,6 +6,10 @@
 //! end followers and stop reading produce streams (both end with UNAVAILABLE, after every
 //! append already taken is answered), wait for every in-flight call, and close the log,
 //! which finishes queued appends and syncs.
+//!
+//! The server keeps to [`ServerLimits`]: connections, streams per connection,
+//! HTTP/2 flow-control windows and keepalives (what each bounds is in `docs/service.md`,
+//! "Limits").
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -23,6 +27,7 @@ use crate::{
     admin::AdminService,
     auth::Policy,
     cluster::Replica,
+    connections,
     metrics::{self, Metrics},
     proto::{self, admin::cluster_server::ClusterServer, log_server::LogServer},
     retention::RetentionPolicy,
@@ -30,6 +35,58 @@ use crate::{
     service::{LogService, Role, message_bytes_max},
     tls::TlsConfig,
 };
+
+/// The server's limits against clients that misbehave: how many connections, how many calls
+/// each, how much one call may make the server buffer, and how dead peers are found. The
+/// defaults serve a single node with no configuration; `docs/service.md` ("Limits") says what
+/// each one bounds and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Most connections open at a time; further ones wait in the listen backlog until one
+    /// closes. Lowered at start to what the open-file limit leaves room for.
+    pub max_connections: usize,
+    /// Most concurrent calls (HTTP/2 streams) on one connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`); a client's further calls wait for one to end.
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 receive window of each call: what a client may send before the server reads it.
+    pub stream_window_bytes: u32,
+    /// HTTP/2 receive window of a connection, shared by its calls.
+    pub connection_window_bytes: u32,
+    /// Most value bytes one ProduceStream may have appended but not yet answered (plus the
+    /// one request that crosses it); past that the server stops reading the stream.
+    pub produce_in_flight_bytes: usize,
+    /// How often an HTTP/2 PING checks the peer (`None`: never).
+    pub http2_keepalive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout: Duration,
+    /// How long a connection is idle before TCP keepalive probes start (`None`: no probes).
+    /// Probes then go every [`TCP_KEEPALIVE_PROBE_INTERVAL`], and
+    /// [`TCP_KEEPALIVE_PROBES`] unanswered ones close the connection.
+    pub tcp_keepalive: Option<Duration>,
+}
+
+/// Time between TCP keepalive probes, once they start.
+pub const TCP_KEEPALIVE_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered TCP keepalive probes after which the kernel closes the connection.
+pub const TCP_KEEPALIVE_PROBES: u32 = 3;
+/// Open files `max_connections` leaves to the rest of the server (segments, peers, metrics).
+const FD_RESERVE: usize = 256;
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 10_000,
+            max_streams_per_connection: 1024,
+            // hyper's own defaults, written down so that an upgrade cannot move the bound.
+            stream_window_bytes: 1 << 20,
+            connection_window_bytes: 1 << 20,
+            http2_keepalive_interval: Some(Duration::from_secs(30)),
+            http2_keepalive_timeout: Duration::from_secs(20),
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            produce_in_flight_bytes: 16 << 20,
+        }
+    }
+}
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +137,7 @@ pub struct Server {
     acl: Option<Acl>,
     retention: Option<RetentionPolicy>,
     metrics_listener: Option<TcpListener>,
+    limits: ServerLimits,
 }
 
 impl Server {
@@ -94,6 +152,7 @@ impl Server {
             acl: None,
             retention: None,
             metrics_listener: None,
+            limits: ServerLimits::default(),
         }
     }
 
@@ -137,6 +196,12 @@ impl Server {
     /// Serves Prometheus metrics at `/metrics` on `listener` while the server runs.
     pub fn metrics_listener(mut self, listener: TcpListener) -> Server {
         self.metrics_listener = Some(listener);
+        self
+    }
+
+    /// The server's limits (default: [`ServerLimits::default`]).
+    pub fn limits(mut self, limits: ServerLimits) -> Server {
+        self.limits = limits;
         self
     }
 
@@ -217,11 +282,29 @@ impl Server {
             }
         };
         let admin_service = ClusterServer::new(AdminService::new(log.clone(), role.clone()));
-        let log_service = LogServer::new(LogService::new(log.clone(), stop_rx, metrics.clone(), role))
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
+        let mut rpcs = LogService::new(log.clone(), stop_rx, metrics.clone(), role);
+        rpcs.limits.produce_in_flight_bytes_max = self.limits.produce_in_flight_bytes;
+        let log_service =
+            LogServer::new(rpcs).max_decoding_message_size(limit).max_encoding_message_size(limit);
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let limits = self.limits;
+        let max_connections = match connections::fd_headroom(FD_RESERVE) {
+            Some(room) if room < limits.max_connections => {
+                warn!(
+                    max_connections = limits.max_connections,
+                    open_files_allow = room,
+                    "the open-file limit (ulimit -n) leaves room for fewer connections than max-connections: capping at {room}"
+                );
+                room.max(1)
+            }
+            _ => limits.max_connections,
+        };
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(limits.tcp_keepalive)
+            .with_keepalive_interval(limits.tcp_keepalive.map(|_| TCP_KEEPALIVE_PROBE_INTERVAL))
+            .with_keepalive_retries(limits.tcp_keepalive.map(|_| TCP_KEEPALIVE_PROBES));
+        let incoming = connections::limit(incoming, max_connections);
         let security = match (&self.tls, &policy.acl) {
             (None, _) => "plaintext",
             (Some(tls), _) if !tls.client_cert_required() => "tls",
@@ -232,7 +315,8 @@ impl Server {
         info!(addr = %addr, dir = %log.dir().display(), backend = log.backend(), durability = %durability,
               lowest_offset = log.lowest_offset(), next_offset = log.next_offset(),
               durable_offset = log.durable_offset(), security,
-              node_id = replica.as_ref().map(|r| r.node().id()), "serving");
+              node_id = replica.as_ref().map(|r| r.node().id()), max_connections,
+              max_streams_per_connection = limits.max_streams_per_connection, "serving");
         let (signalled, signalled_rx) = oneshot::channel::<()>();
         let stopping = async move {
             shutdown.await;
@@ -242,7 +326,12 @@ impl Server {
             health.set_not_serving::<LogServer<LogService>>().await;
             let _ = stop.send(true);
         };
-        let mut builder = tonic::transport::Server::builder();
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .initial_stream_window_size(limits.stream_window_bytes)
+            .initial_connection_window_size(limits.connection_window_bytes)
+            .http2_keepalive_interval(limits.http2_keepalive_interval)
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout));
         if let Some(tls) = &self.tls {
             builder = builder.tls_config(tls.server_config())?;
         }

@@ -9,9 +9,10 @@
 //! transport asks for it, which it does only when HTTP/2 flow control lets the previous one
 //! go out, so a slow consumer holds at most one message in memory (plus, when it asked for one record
 //! per message, up to 64 KiB of records read ahead with one `pread`). ProduceStream keeps at
-//! most [`Limits::produce_in_flight_max`] requests (and about
-//! [`Limits::produce_in_flight_bytes_max`] bytes) appended but not yet answered; past that it
-//! stops reading, which pushes back on the client through flow control.
+//! most [`Limits::produce_in_flight_max`] appends (and [`Limits::produce_in_flight_bytes_max`]
+//! bytes, plus the one request that crosses it) appended but not yet answered; past that it
+//! stops reading, which pushes back on the client through flow control. What one call can
+//! make the server hold, whatever its client does, is in `docs/service.md` ("Limits").
 
 use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Instant};
 
@@ -93,7 +94,7 @@ impl Limits {
 #[derive(Clone, Debug)]
 pub struct LogService {
     log: Log,
-    limits: Limits,
+    pub(crate) limits: Limits,
     /// Turns `true` when the server starts shutting down: streams stop taking new work.
     stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
@@ -436,11 +437,15 @@ impl ProducePump {
                     let limits = self.log.batch_limits();
                     let mut groups: Vec<(Vec<ProduceRequest>, usize, u64)> = Vec::new();
                     let mut requests = 0;
+                    // Frame bytes taken by this turn: coalescing stops at the in-flight bound
+                    // too, so that one turn cannot take up to 64 requests past it.
+                    let mut taken = 0u64;
                     let mut next = Some(message);
                     while let Some(message) = next.take() {
                         match message {
                             Ok(Some(request)) => {
                                 let (records, bytes) = batch_size(&request);
+                                taken += bytes;
                                 match groups.last_mut() {
                                     Some((group, group_records, group_bytes))
                                         if *group_records + records <= limits.records_max
@@ -461,7 +466,8 @@ impl ProducePump {
                                 end = Some(status);
                             }
                         }
-                        if reading && requests < COALESCE_REQUESTS_MAX {
+                        let room = pending_bytes as u64 + taken < self.limits.produce_in_flight_bytes_max as u64;
+                        if reading && requests < COALESCE_REQUESTS_MAX && room {
                             next = self.requests.message().now_or_never();
                         }
                     }
