@@ -9,8 +9,9 @@
 //! vote (18 bytes)     version=1 u8 | term u64 | voted_for u64 | committed u8 (0 or 1)
 //! membership          version=1 u8 | configs u32 | per config: ids u32, id u64 * ids
 //!                                  | nodes u32   | per node: id u64, addr_len u32, addr (UTF-8)
-//! state machine       version=1 u8 | applied log id | membership log id
+//! state machine       version=2 u8 | applied log id | membership log id
 //!                                  | membership_len u32 | membership | records u64
+//!                                  | retain_from u64 (absent in version 1: 0)
 //! log id option       present u8 (0 or 1) | if present: term u64, index u64
 //! ```
 //!
@@ -23,6 +24,7 @@
 //!                                  |   kind 0 (blank):      nothing
 //!                                  |   kind 1 (data):       timestamp_ms u64, len u32, value
 //!                                  |   kind 2 (membership): len u32, membership
+//!                                  |   kind 3 (retain from): index u64
 //! append response     version=1 u8 | tag u8: 0 success | 1 partial success, log id option
 //!                                  |         2 conflict | 3 higher vote, vote body
 //! vote request        version=1 u8 | vote body | last log id option | leadership transfer u8 (0 or 1)
@@ -33,11 +35,12 @@
 //!
 //! An openraft entry maps to an engine entry of the same `(term, index)`:
 //!
-//! | openraft payload   | engine kind  | engine payload             | `timestamp_ms`          |
-//! |--------------------|--------------|----------------------------|-------------------------|
-//! | `Normal(Record)`   | `Data`       | the record's value         | the leader's timestamp  |
-//! | `Blank`            | `Blank`      | empty                      | 0                       |
-//! | `Membership(m)`    | `Membership` | `m` in the layout above    | 0                       |
+//! | openraft payload            | engine kind  | engine payload              | `timestamp_ms`         |
+//! |-----------------------------|--------------|-----------------------------|------------------------|
+//! | `Normal(Record(r))`         | `Data`       | the record's value          | the leader's timestamp |
+//! | `Normal(RetainFrom(i))`     | `Control`    | version=1 u8, 1 u8, `i` u64 | 0                      |
+//! | `Blank`                     | `Blank`      | empty                       | 0                      |
+//! | `Membership(m)`             | `Membership` | `m` in the layout above     | 0                      |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -49,7 +52,8 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, V
 use ringlog_engine::{EntryId, EntryKind};
 
 use crate::types::{
-    Entry, LogId, Membership, NodeId, Peer, Record, SnapshotMeta, StoredMembership, TypeConfig, Vote, log_id,
+    Command, Entry, LogId, Membership, NodeId, Peer, Record, SnapshotMeta, StoredMembership, TypeConfig,
+    Vote, log_id,
 };
 
 const VERSION: u8 = 1;
@@ -69,7 +73,10 @@ pub(crate) fn from_entry_id(id: EntryId) -> LogId {
 pub(crate) fn to_engine(entry: Entry) -> ringlog_engine::Entry {
     let id = entry_id(&entry.log_id);
     let (kind, timestamp_ms, payload) = match entry.payload {
-        EntryPayload::Normal(record) => (EntryKind::Data, record.timestamp_ms, record.value),
+        EntryPayload::Normal(Command::Record(record)) => (EntryKind::Data, record.timestamp_ms, record.value),
+        EntryPayload::Normal(Command::RetainFrom(index)) => {
+            (EntryKind::Control, 0, encode_retain_from(index))
+        }
         EntryPayload::Blank => (EntryKind::Blank, 0, Bytes::new()),
         EntryPayload::Membership(m) => (EntryKind::Membership, 0, encode_membership(&m)),
     };
@@ -81,8 +88,9 @@ pub(crate) fn from_engine(entry: ringlog_engine::Entry) -> io::Result<Entry> {
     let id = from_entry_id(entry.id);
     Ok(match entry.kind {
         EntryKind::Data => {
-            Entry::new_normal(id, Record { timestamp_ms: entry.timestamp_ms, value: entry.payload })
+            Entry::new_normal(id, Record { timestamp_ms: entry.timestamp_ms, value: entry.payload }.into())
         }
+        EntryKind::Control => Entry::new_normal(id, Command::RetainFrom(decode_retain_from(&entry.payload)?)),
         EntryKind::Blank => Entry::new_blank(id),
         EntryKind::Membership => Entry::new_membership(id, decode_membership(&entry.payload)?),
     })
@@ -115,6 +123,30 @@ fn put_vote(b: &mut BytesMut, vote: &Vote) {
 const ENTRY_BLANK: u8 = 0;
 const ENTRY_DATA: u8 = 1;
 const ENTRY_MEMBERSHIP: u8 = 2;
+const ENTRY_RETAIN_FROM: u8 = 3;
+
+/// The one control command so far.
+const CONTROL_RETAIN_FROM: u8 = 1;
+
+fn encode_retain_from(index: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(10);
+    b.put_u8(VERSION);
+    b.put_u8(CONTROL_RETAIN_FROM);
+    b.put_u64_le(index);
+    b.freeze()
+}
+
+fn decode_retain_from(bytes: &[u8]) -> io::Result<u64> {
+    let mut r = Reader::new(bytes, "control entry");
+    r.version()?;
+    match r.u8()? {
+        CONTROL_RETAIN_FROM => {}
+        other => return Err(r.invalid(format!("unknown control command {other}"))),
+    }
+    let index = r.u64()?;
+    r.end()?;
+    Ok(index)
+}
 
 /// An append-entries request (also a heartbeat) in its wire layout.
 pub(crate) fn encode_append_request(req: &AppendEntriesRequest<TypeConfig>) -> Bytes {
@@ -122,7 +154,7 @@ pub(crate) fn encode_append_request(req: &AppendEntriesRequest<TypeConfig>) -> B
         .entries
         .iter()
         .map(|e| match &e.payload {
-            EntryPayload::Normal(r) => r.value.len(),
+            EntryPayload::Normal(Command::Record(r)) => r.value.len(),
             _ => 0,
         })
         .sum();
@@ -137,11 +169,15 @@ pub(crate) fn encode_append_request(req: &AppendEntriesRequest<TypeConfig>) -> B
         b.put_u64_le(e.log_id.index);
         match &e.payload {
             EntryPayload::Blank => b.put_u8(ENTRY_BLANK),
-            EntryPayload::Normal(r) => {
+            EntryPayload::Normal(Command::Record(r)) => {
                 b.put_u8(ENTRY_DATA);
                 b.put_u64_le(r.timestamp_ms);
                 b.put_u32_le(len_u32(r.value.len()));
                 b.put_slice(&r.value);
+            }
+            EntryPayload::Normal(Command::RetainFrom(index)) => {
+                b.put_u8(ENTRY_RETAIN_FROM);
+                b.put_u64_le(*index);
             }
             EntryPayload::Membership(m) => {
                 b.put_u8(ENTRY_MEMBERSHIP);
@@ -172,8 +208,9 @@ pub(crate) fn decode_append_request(bytes: &Bytes) -> io::Result<AppendEntriesRe
                 let timestamp_ms = r.u64()?;
                 let len = r.u32()? as usize;
                 let value = bytes.slice_ref(r.take(len)?);
-                Entry::new_normal(id, Record { timestamp_ms, value })
+                Entry::new_normal(id, Record { timestamp_ms, value }.into())
             }
+            ENTRY_RETAIN_FROM => Entry::new_normal(id, Command::RetainFrom(r.u64()?)),
             ENTRY_MEMBERSHIP => {
                 let len = r.u32()? as usize;
                 Entry::new_membership(id, decode_membership(r.take(len)?)?)
@@ -326,30 +363,43 @@ pub(crate) struct SmState {
     pub membership: StoredMembership,
     /// Data entries applied so far: the `log.v1` offset the next record gets.
     pub records: u64,
+    /// The latest retention decision applied: records below this index go.
+    pub retain_from: u64,
 }
+
+/// The state machine layout's version: 2 added `retain_from`.
+const SM_STATE_VERSION: u8 = 2;
 
 pub(crate) fn encode_sm_state(s: &SmState) -> Bytes {
     let mut b = BytesMut::new();
-    b.put_u8(VERSION);
+    b.put_u8(SM_STATE_VERSION);
     put_log_id(&mut b, s.applied.as_ref());
     put_log_id(&mut b, s.membership.log_id().as_ref());
     let m = encode_membership(s.membership.membership());
     b.put_u32_le(len_u32(m.len()));
     b.put_slice(&m);
     b.put_u64_le(s.records);
+    b.put_u64_le(s.retain_from);
     b.freeze()
 }
 
 pub(crate) fn decode_sm_state(bytes: &[u8]) -> io::Result<SmState> {
     let mut r = Reader::new(bytes, "state machine");
-    r.version()?;
+    let version = r.u8()?;
+    if !(1..=SM_STATE_VERSION).contains(&version) {
+        return Err(
+            r.invalid(format!("unknown version {version} (this build reads 1 to {SM_STATE_VERSION})"))
+        );
+    }
     let applied = r.log_id()?;
     let membership_log_id = r.log_id()?;
     let len = r.u32()? as usize;
     let membership = decode_membership(r.take(len)?)?;
     let records = r.u64()?;
+    let retain_from = if version >= 2 { r.u64()? } else { 0 };
     r.end()?;
-    Ok(SmState { applied, membership: StoredMembership::new(membership_log_id, membership), records })
+    let membership = StoredMembership::new(membership_log_id, membership);
+    Ok(SmState { applied, membership, records, retain_from })
 }
 
 /// The head of a snapshot's data stream (see [`crate::snapshot`]): the state machine's state,
@@ -639,7 +689,7 @@ mod tests {
     fn entries_map_to_engine_kinds_and_back() {
         let record = Record { timestamp_ms: 1_700_000_000_123, value: Bytes::from_static(b"hello") };
         let entries = [
-            Entry::new_normal(log_id(3, 10), record.clone()),
+            Entry::new_normal(log_id(3, 10), record.clone().into()),
             Entry::new_blank(log_id(3, 11)),
             Entry::new_membership(log_id(4, 12), membership()),
         ];
@@ -650,7 +700,7 @@ mod tests {
             assert_eq!(engine.id, entry_id(&entry.log_id));
             assert_eq!(from_engine(engine).unwrap(), entry);
         }
-        let engine = to_engine(Entry::new_normal(log_id(1, 1), record.clone()));
+        let engine = to_engine(Entry::new_normal(log_id(1, 1), record.clone().into()));
         assert_eq!(engine.timestamp_ms, record.timestamp_ms);
         assert_eq!(engine.payload, record.value);
     }
@@ -661,8 +711,14 @@ mod tests {
             applied: Some(log_id(4, 99)),
             membership: StoredMembership::new(Some(log_id(4, 12)), membership()),
             records: 80,
+            retain_from: 30,
         };
         assert_eq!(decode_sm_state(&encode_sm_state(&s)).unwrap(), s);
+        // Version 1 (before retention) reads with nothing retained away.
+        let v2 = encode_sm_state(&s);
+        let mut v1 = v2[..v2.len() - 8].to_vec();
+        v1[0] = 1;
+        assert_eq!(decode_sm_state(&v1).unwrap(), SmState { retain_from: 0, ..s.clone() });
         let files = FilesHead {
             before: Some(ringlog_engine::EntryId { term: 2, index: 9 }),
             last: ringlog_engine::EntryId { term: 3, index: 40 },
@@ -688,9 +744,9 @@ mod tests {
             prev_log_id: Some(log_id(2, 9)),
             entries: vec![
                 Entry::new_blank(log_id(3, 10)),
-                Entry::new_normal(log_id(3, 11), record),
+                Entry::new_normal(log_id(3, 11), record.into()),
                 Entry::new_membership(log_id(3, 12), membership()),
-                Entry::new_normal(log_id(3, 13), Record { timestamp_ms: 0, value: Bytes::new() }),
+                Entry::new_normal(log_id(3, 13), Record { timestamp_ms: 0, value: Bytes::new() }.into()),
             ],
             leader_commit: Some(log_id(2, 8)),
         }
@@ -709,7 +765,9 @@ mod tests {
         let bytes = encode_append_request(&req);
         let back = decode_append_request(&bytes).unwrap();
         assert_same_request(&back, &req);
-        let EntryPayload::Normal(record) = &back.entries[1].payload else { panic!("not data") };
+        let EntryPayload::Normal(Command::Record(record)) = &back.entries[1].payload else {
+            panic!("not data")
+        };
         let range = bytes.as_ptr_range();
         assert!(range.contains(&record.value.as_ptr()), "the value was copied");
 

@@ -42,7 +42,7 @@
 //! TypeConfig::run(async move {
 //!     let (mut store, _sm) = ringlog_cluster::open(dir.path(), config)?;
 //!     let record = Record { timestamp_ms: 1, value: "hello".into() };
-//!     let entries = [Entry::new_blank(log_id(1, 0)), Entry::new_normal(log_id(1, 1), record)];
+//!     let entries = [Entry::new_blank(log_id(1, 0)), Entry::new_normal(log_id(1, 1), record.into())];
 //!     store.blocking_append(entries).await?;
 //!     let entries = store.get_log_reader().await.try_get_log_entries(0..2).await?;
 //!     assert_eq!(entries.len(), 2);
@@ -78,7 +78,7 @@ pub use node::{ClusterConfig, Error, Node, Raft, WriteError};
 pub use raft_service::RaftService;
 pub use snapshot::SnapshotData;
 pub use state_machine::{Snapshot, SnapshotBuilder, StateMachine};
-pub use types::{Ack, Entry, LogId, Membership, NodeId, Peer, Record, TypeConfig, Vote, log_id};
+pub use types::{Ack, Command, Entry, LogId, Membership, NodeId, Peer, Record, TypeConfig, Vote, log_id};
 
 /// Where the engine's log lives inside a node's directory.
 pub const LOG_DIR: &str = "log";
@@ -102,5 +102,6 @@ pub fn open(dir: impl AsRef<Path>, config: ringlog_engine::Config) -> io::Result
     let log = ringlog_engine::Log::open(dir.join(LOG_DIR), config).map_err(log_store::io_error)?;
     state_machine::settle_pending(&dir.join(SNAPSHOT_FILE), &log)?;
     let sm = StateMachine::open(dir.join(SNAPSHOT_FILE))?.limiting_reads_of(log.clone());
-    Ok((LogStore::new(log), sm))
+    let store = LogStore::new(log).deleting_below(sm.retention());
+    Ok((store, sm))
 }

@@ -29,8 +29,10 @@
 //! - **`truncate_after`** removes the tail newest first and is durable before it returns.
 //! - **`purge`** is logical: Raft stops reading the entries, which stay in the engine as the
 //!   records consumers read (openraft purges up to a snapshot's last entry, and here the
-//!   snapshot's data *is* those entries). Only retention deletes records. A purge at or below
-//!   the last one is a no-op. Purging past the last entry is the engine's purge, durable
+//!   snapshot's data *is* those entries). Only retention deletes records: once the state
+//!   machine applied a retention decision, a purge also deletes the entries below it, in
+//!   whole segments ([`LogStore::delete_retained`]). A purge at or below the last one moves
+//!   nothing. Purging past the last entry is the engine's purge, durable
 //!   before it returns: it leaves an empty log whose next index follows the purged id. The
 //!   logical purge point is not persisted (openraft allows it): after a restart Raft sees the
 //!   engine's purge point again, with every entry above it present.
@@ -79,6 +81,9 @@ pub struct LogStore {
     log: Log,
     /// The logical purge point (see the module docs), shared with the readers.
     purged: Arc<Mutex<Option<LogId>>>,
+    /// The latest retention decision applied (the state machine's): records below it may go
+    /// once Raft has purged them.
+    retention: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// openraft's [`RaftLogReader`] over a ringlog engine [`Log`]: a cheap clone of the store's
@@ -93,7 +98,35 @@ impl LogStore {
     /// A log store over `log`. The log should be opened with `Durability::Always` when the
     /// cluster promises that an acknowledged record survives a power loss on a majority.
     pub fn new(log: Log) -> Self {
-        LogStore { log, purged: Arc::default() }
+        LogStore { log, purged: Arc::default(), retention: None }
+    }
+
+    /// Deletes the records below each retention decision `retention` brings (from the state
+    /// machine), once Raft has purged their entries.
+    pub fn deleting_below(mut self, retention: tokio::sync::watch::Receiver<u64>) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
+    /// Deletes what retention decided and Raft has purged: every entry below the decided
+    /// index that is at or below the logical purge point goes, in whole segments (the engine's
+    /// purge). Called after each purge, and by the node when a decision arrives.
+    pub async fn delete_retained(&self) -> io::Result<()> {
+        let retain_from = self.retention.as_ref().map_or(0, |r| *r.borrow());
+        let Some(logical) = *self.purged.lock().unwrap() else { return Ok(()) };
+        let Some(upto) = retain_from.checked_sub(1).map(|last| last.min(logical.index)) else {
+            return Ok(());
+        };
+        let deleted = self.log.meta().purged.map(|p| p.index);
+        if deleted.is_some_and(|d| d >= upto) || upto < self.log.first_index() {
+            return Ok(());
+        }
+        let log = self.log.clone();
+        blocking(move || {
+            let Some(id) = log.read_entries(upto, upto + 1, 0)?.first().map(|e| e.id) else { return Ok(()) };
+            log.purge(id)
+        })
+        .await
     }
 
     /// The engine log underneath, for the record reads of `log.v1` consumers.
@@ -264,11 +297,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         if last_purged(&self.log, &self.purged).is_some_and(|p| p.index >= log_id.index) {
-            return Ok(()); // Purged already: purges only move forward.
+            return self.delete_retained().await; // Purged already: purges only move forward.
         }
         if log_id.index < self.log.next_index() {
             *self.purged.lock().unwrap() = Some(log_id);
-            return Ok(());
+            return self.delete_retained().await;
         }
         // Past the last entry: the log continues after it.
         let upto = entry_id(&log_id);

@@ -39,11 +39,12 @@ use openraft::{ConfigError, SnapshotPolicy};
 use ringlog_engine::{Durability, Log};
 use tokio::task::JoinHandle;
 
+use crate::log_store::LogStore;
 use crate::network::{Faults, Network};
 use crate::proto::raft_server::RaftServer;
 use crate::raft_service::RaftService;
 use crate::state_machine::StateMachine;
-use crate::types::{Ack, NodeId, Peer, Record, TypeConfig};
+use crate::types::{Ack, Command, NodeId, Peer, Record, TypeConfig};
 
 /// openraft's Raft handle for this crate's types.
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
@@ -216,6 +217,10 @@ pub struct Node {
     faults: Faults,
     service: RaftService,
     bootstrap: Option<JoinHandle<()>>,
+    /// Carries out the retention decisions this node applies ([`follow_retention`]).
+    retaining: JoinHandle<()>,
+    /// The latest retention decision this node applied.
+    retention: tokio::sync::watch::Receiver<u64>,
     peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
@@ -258,6 +263,7 @@ impl Node {
                 return Err(error);
             }
         }
+        let (store_handle, retention) = (store.clone(), sm.retention());
         let raft = match Raft::new(id, raft_config, network.clone(), store, sm).await {
             Ok(raft) => raft,
             Err(fatal) => {
@@ -283,7 +289,18 @@ impl Node {
             tokio::spawn(bootstrap(raft.clone(), network, peers, retry))
         });
         tracing::info!(node = id, pristine, bootstraps = bootstrap.is_some(), "raft node started");
-        Ok(Node { id, raft, log, faults, service, bootstrap, peer_tls: config.peer_tls })
+        let retaining = tokio::spawn(follow_retention(raft.clone(), store_handle, retention.clone()));
+        Ok(Node {
+            id,
+            raft,
+            log,
+            faults,
+            service,
+            bootstrap,
+            retaining,
+            retention,
+            peer_tls: config.peer_tls,
+        })
     }
 
     /// This node's id.
@@ -321,7 +338,28 @@ impl Node {
     pub async fn write(&self, value: impl Into<Bytes>) -> Result<Ack, WriteError> {
         let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let record = Record { timestamp_ms, value: value.into() };
-        Ok(self.raft.client_write(record).await?.data)
+        Ok(self.raft.client_write(record.into()).await?.data)
+    }
+
+    /// Retention, decided here when this node leads: the index `retention` keeps this node's
+    /// log from ([`Log::retention_point`]), replicated as a [`Command::RetainFrom`] when it is
+    /// past the last decision, so that every node deletes the same prefix (see
+    /// [`follow_retention`]). Returns the index decided, if it moved. A follower decides
+    /// nothing (`Ok(None)`).
+    pub async fn retain(&self, retention: ringlog_engine::Retention) -> Result<Option<u64>, WriteError> {
+        if self.raft.metrics().borrow_watched().current_leader != Some(self.id) {
+            return Ok(None);
+        }
+        let log = self.log.clone();
+        let point = tokio::task::spawn_blocking(move || log.retention_point(retention)).await.ok().flatten();
+        match point {
+            Some(point) if point > *self.retention.borrow() => {
+                self.raft.client_write(Command::RetainFrom(point)).await?;
+                tracing::info!(node = self.id, retain_from = point, "retention decided");
+                Ok(Some(point))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Resolves once openraft stopped running: with its fatal error (a storage error or a
@@ -346,11 +384,45 @@ impl Node {
         if let Some(task) = &self.bootstrap {
             task.abort();
         }
+        self.retaining.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(node = self.id, "raft core ended with {e}");
         }
         self.log.close()?;
         Ok(())
+    }
+}
+
+/// Carries out each retention decision the state machine applies (`retain_from` = P): makes
+/// sure a snapshot covers the entries below P (building one if needed), asks openraft to purge
+/// them, and deletes their records as soon as openraft has (see [`LogStore::delete_retained`];
+/// a leader purges once no replication reads them, and a follower that lags behind the purge
+/// gets a snapshot). Every node does this for itself, so every node deletes the same prefix.
+async fn follow_retention(raft: Raft, store: LogStore, mut retention: tokio::sync::watch::Receiver<u64>) {
+    use openraft::async_runtime::WatchReceiver;
+    loop {
+        let retain_from = *retention.borrow_and_update();
+        if let Some(last) = retain_from.checked_sub(1) {
+            let mut metrics = raft.metrics();
+            let covered = |m: &openraft::RaftMetrics<TypeConfig>| m.snapshot.is_some_and(|s| s.index >= last);
+            if !covered(&metrics.borrow_watched()) && raft.trigger().snapshot().await.is_err() {
+                return; // The node stopped.
+            }
+            while !covered(&metrics.borrow_watched()) {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+            if raft.trigger().purge_log(last).await.is_err() {
+                return;
+            }
+            if let Err(error) = store.delete_retained().await {
+                tracing::warn!(%error, retain_from, "deleting retained records failed; the next purge tries again");
+            }
+        }
+        if retention.changed().await.is_err() {
+            return;
+        }
     }
 }
 

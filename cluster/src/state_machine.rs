@@ -62,7 +62,7 @@ use openraft::type_config::TypeConfigExt;
 
 use crate::codec::{self, SmState};
 pub use crate::snapshot::SnapshotData;
-use crate::types::{Ack, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::types::{Ack, Command, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// A snapshot as openraft sees it: metadata plus [`SnapshotData`].
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
@@ -82,6 +82,9 @@ struct Shared {
     /// The last snapshot built or installed, as persisted. Its lock also serializes writes of
     /// the file.
     snapshot: Mutex<Option<SmState>>,
+    /// The latest retention decision applied (its `retain_from` index), for the log store,
+    /// which deletes below it, and the node, which purges Raft's log up to it.
+    retention: tokio::sync::watch::Sender<u64>,
 }
 
 /// openraft's [`RaftStateMachine`] for ringlog: see the module docs.
@@ -106,7 +109,8 @@ impl StateMachine {
         let path = path.into();
         let snapshot = read_snapshot(&path)?;
         let state = snapshot.clone().unwrap_or_default();
-        let shared = Shared { path, state: Mutex::new(state), snapshot: Mutex::new(snapshot) };
+        let retention = tokio::sync::watch::Sender::new(state.retain_from);
+        let shared = Shared { path, state: Mutex::new(state), snapshot: Mutex::new(snapshot), retention };
         Ok(StateMachine { shared: Arc::new(shared), log: None })
     }
 
@@ -128,6 +132,11 @@ impl StateMachine {
     /// The last applied log id: the node's high watermark in Raft terms.
     pub fn applied(&self) -> Option<LogId> {
         self.shared.state.lock().unwrap().applied
+    }
+
+    /// The latest retention decision applied: the index below which records go (0: none).
+    pub fn retention(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.retention.subscribe()
     }
 
     /// Records applied so far: the `log.v1` offset the next record gets.
@@ -308,7 +317,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 state.applied = Some(entry.log_id);
                 let offset = state.records;
                 match entry.payload {
-                    EntryPayload::Normal(_) => state.records += 1,
+                    EntryPayload::Normal(Command::Record(_)) => state.records += 1,
+                    EntryPayload::Normal(Command::RetainFrom(index)) if index > state.retain_from => {
+                        state.retain_from = index;
+                        self.shared.retention.send_replace(index);
+                    }
+                    EntryPayload::Normal(Command::RetainFrom(_)) => {}
                     EntryPayload::Blank => {}
                     EntryPayload::Membership(m) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -360,8 +374,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if pending.exists() {
             fs::remove_file(&pending)?;
         }
-        let applied = state.applied;
+        let (applied, retain_from) = (state.applied, state.retain_from);
         *self.shared.state.lock().unwrap() = state;
+        self.shared.retention.send_if_modified(|current| {
+            let moved = retain_from > *current;
+            *current = (*current).max(retain_from);
+            moved
+        });
         self.applied_moved(applied);
         Ok(())
     }
@@ -383,6 +402,7 @@ mod tests {
             applied: Some(log_id(2, 40)),
             membership: StoredMembership::new(Some(log_id(1, 3)), m),
             records: 37,
+            retain_from: 12,
         }
     }
 

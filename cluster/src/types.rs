@@ -1,8 +1,9 @@
 //! The openraft type configuration of a ringlog cluster, and the few types it names.
 //!
 //! A Raft log id is `(term, index)`: the leader id is openraft's standard one (one leader per
-//! term), so an entry stores a term and nothing about which node led it. A data entry carries
-//! one [`Record`]; applying it answers the client with an [`Ack`]. A cluster member is a
+//! term), so an entry stores a term and nothing about which node led it. An application entry
+//! carries a [`Command`]: one [`Record`] (a data entry), or a decision every replica applies
+//! (retention); applying it answers the client with an [`Ack`]. A cluster member is a
 //! [`Peer`], known by the address its Raft service listens on.
 //!
 //! The aliases at the end spell openraft's generic types for this configuration, so the rest of
@@ -14,9 +15,9 @@ use bytes::Bytes;
 
 openraft::declare_raft_types!(
     /// ringlog's openraft type configuration: node ids are `u64`, log ids are `(term, index)`,
-    /// a data entry is a [`Record`] and applying it answers with an [`Ack`].
+    /// an application entry is a [`Command`] and applying it answers with an [`Ack`].
     pub TypeConfig:
-        D = Record,
+        D = Command,
         R = Ack,
         NodeId = u64,
         Node = Peer,
@@ -49,6 +50,31 @@ impl fmt::Debug for Record {
 impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "record({} bytes at {} ms)", self.value.len(), self.timestamp_ms)
+    }
+}
+
+/// What an application entry carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// A record: a data entry, which gets the next `log.v1` offset.
+    Record(Record),
+    /// Retention, decided by the leader: every replica deletes the records of the entries
+    /// below this index (whole segments; see `docs/cluster.md`). It takes no offset.
+    RetainFrom(u64),
+}
+
+impl From<Record> for Command {
+    fn from(record: Record) -> Command {
+        Command::Record(record)
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Record(record) => record.fmt(f),
+            Command::RetainFrom(index) => write!(f, "retain-from({index})"),
+        }
     }
 }
 

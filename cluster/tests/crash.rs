@@ -24,7 +24,7 @@ fn open(dir: &Path, disk: &SimDisk) -> LogStore {
 
 fn entries(term: u64, indexes: std::ops::Range<u64>) -> Vec<Entry> {
     let record = |i: u64| Record { timestamp_ms: i, value: Bytes::from(format!("record-{i}")) };
-    indexes.map(|i| Entry::new_normal(log_id(term, i), record(i))).collect()
+    indexes.map(|i| Entry::new_normal(log_id(term, i), record(i).into())).collect()
 }
 
 #[test]

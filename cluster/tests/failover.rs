@@ -149,7 +149,7 @@ async fn a_partitioned_leader_acknowledges_nothing_and_loses_its_uncommitted_ent
     let lost_value = Bytes::from_static(b"never acknowledged");
     let raft = cluster.node(old).raft().clone();
     let record = Record { timestamp_ms: 1, value: lost_value.clone() };
-    let mut lost = tokio::spawn(async move { raft.client_write(record).await });
+    let mut lost = tokio::spawn(async move { raft.client_write(record.into()).await });
     // Its lease (a quorum's acknowledgement within the longest election timeout) is still
     // valid right after the cut, so it appends the write rather than refusing it.
     cluster

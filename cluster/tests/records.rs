@@ -19,10 +19,10 @@ fn acknowledged_offsets_are_where_the_engine_reads_the_records() {
         // Terms change as leaders do: each new leader writes a blank entry first.
         let mut entries =
             vec![Entry::new_membership(log_id(0, 0), membership.clone()), Entry::new_blank(log_id(1, 1))];
-        entries.extend((2..5).map(|i| Entry::new_normal(log_id(1, i), record(i))));
+        entries.extend((2..5).map(|i| Entry::new_normal(log_id(1, i), record(i).into())));
         entries.push(Entry::new_blank(log_id(2, 5)));
         entries.push(Entry::new_membership(log_id(2, 6), membership));
-        entries.extend((7..10).map(|i| Entry::new_normal(log_id(2, i), record(i))));
+        entries.extend((7..10).map(|i| Entry::new_normal(log_id(2, i), record(i).into())));
         store.blocking_append(entries.clone()).await.unwrap();
 
         let mut expected = Vec::new();
@@ -30,7 +30,7 @@ fn acknowledged_offsets_are_where_the_engine_reads_the_records() {
             let before = sm.records();
             let item = Ok((entry.clone(), None));
             sm.apply(futures_util::stream::iter([item])).await.unwrap();
-            if let openraft::EntryPayload::Normal(r) = &entry.payload {
+            if let openraft::EntryPayload::Normal(ringlog_cluster::Command::Record(r)) = &entry.payload {
                 assert_eq!(sm.records(), before + 1);
                 expected.push((before, r.clone()));
             } else {
@@ -60,7 +60,7 @@ fn records_become_readable_when_applied_not_when_appended() {
         let config = Config { durability: Durability::Always, ..Config::default() };
         let (mut store, mut sm) = ringlog_cluster::open(dir.path(), config.clone()).unwrap();
         let record = |i: u64| Record { timestamp_ms: i, value: Bytes::from(format!("record-{i}")) };
-        let entries: Vec<Entry> = (0..4).map(|i| Entry::new_normal(log_id(1, i), record(i))).collect();
+        let entries: Vec<Entry> = (0..4).map(|i| Entry::new_normal(log_id(1, i), record(i).into())).collect();
         store.blocking_append(entries.clone()).await.unwrap();
         let log = store.log().clone();
         assert_eq!(log.next_offset(), 4, "appended");

@@ -41,7 +41,7 @@ fn entries(term: u64, indexes: std::ops::Range<u64>) -> Vec<Entry> {
         .map(|i| match i {
             0 => Entry::new_blank(log_id(term, 0)),
             1 => Entry::new_membership(log_id(term, 1), membership()),
-            i => Entry::new_normal(log_id(term, i), record(i)),
+            i => Entry::new_normal(log_id(term, i), record(i).into()),
         })
         .collect()
 }
@@ -168,7 +168,7 @@ fn limited_reads_return_a_prefix_and_never_nothing() {
     run(async |dir| {
         let (mut store, _sm) = open(dir);
         let big = |i: u64| Record { timestamp_ms: i, value: Bytes::from(vec![i as u8; 700 * 1024]) };
-        let written: Vec<Entry> = (0..4).map(|i| Entry::new_normal(log_id(1, i), big(i))).collect();
+        let written: Vec<Entry> = (0..4).map(|i| Entry::new_normal(log_id(1, i), big(i).into())).collect();
         store.blocking_append(written.clone()).await.unwrap();
         let mut reader = store.get_log_reader().await;
         let mut start = 0;

@@ -127,7 +127,7 @@ async fn a_snapshot_streams_its_records_in_many_chunks_and_installs_them() {
             timestamp_ms: i,
             payload: value(i),
         });
-        applied.push(Entry::new_normal(log_id(1, i), Record { timestamp_ms: i, value: value(i) }));
+        applied.push(Entry::new_normal(log_id(1, i), Record { timestamp_ms: i, value: value(i) }.into()));
     }
     store.log().append_entries(raw, |_| {}).unwrap().wait().unwrap();
     sm.apply(futures_util::stream::iter(applied.into_iter().map(|e| Ok((e, None))))).await.unwrap();

@@ -25,6 +25,9 @@ pub enum EntryKind {
     Blank,
     /// A Raft membership change.
     Membership,
+    /// A command to the replicas above the log (a cluster's retention decision): no record
+    /// offset, a payload only its writer reads.
+    Control,
 }
 
 impl EntryKind {
@@ -33,6 +36,7 @@ impl EntryKind {
             EntryKind::Data => 0,
             EntryKind::Blank => 1,
             EntryKind::Membership => 2,
+            EntryKind::Control => 3,
         }
     }
 
@@ -41,6 +45,7 @@ impl EntryKind {
             0 => Some(EntryKind::Data),
             1 => Some(EntryKind::Blank),
             2 => Some(EntryKind::Membership),
+            3 => Some(EntryKind::Control),
             _ => None,
         }
     }

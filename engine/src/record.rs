@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_and_an_unknown_kind_is_refused() {
-        for kind in [EntryKind::Data, EntryKind::Blank, EntryKind::Membership] {
+        for kind in [EntryKind::Data, EntryKind::Blank, EntryKind::Membership, EntryKind::Control] {
             let mut out = Vec::new();
             encode(&mut out, EntryId { term: 9, index: 1 }, kind, 5, b"m");
             assert_eq!(decode_header(&out, 16).unwrap().kind, kind);

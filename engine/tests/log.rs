@@ -200,9 +200,13 @@ fn retention_by_bytes_and_age_keeps_the_active_segment() {
         log.append(&b"hello world"[..]).unwrap();
         assert_eq!(log.segment_count(), 4);
         let full = log.size_bytes();
-        let dropped = log.apply_retention(Retention { max_bytes: Some(full - 1), max_age: None }).unwrap();
+        let limit = Retention { max_bytes: Some(full - 1), max_age: None };
+        assert_eq!(log.retention_point(limit), Some(3), "[{}] decided, nothing dropped yet", f.name);
+        assert_eq!(log.lowest_offset(), 0);
+        let dropped = log.apply_retention(limit).unwrap();
         assert_eq!(dropped, 1, "[{}] one segment is enough to get under the limit", f.name);
         assert_eq!(log.lowest_offset(), 3);
+        assert_eq!(log.retention_point(limit), None, "[{}] nothing more breaks it", f.name);
         let none = log.apply_retention(Retention {
             max_bytes: None,
             max_age: Some(std::time::Duration::from_secs(3600)),

@@ -137,7 +137,7 @@ impl Replica {
             let timestamp_ms =
                 SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             let count = values.len();
-            let records = values.iter().cloned().map(|value| RaftRecord { timestamp_ms, value });
+            let records = values.iter().cloned().map(|value| RaftRecord { timestamp_ms, value }.into());
             let mut results = self.node.raft().client_write_many(records).await.map_err(stopped)?;
             // The batch was queued as one: either every entry was refused before it was
             // appended, or every entry was appended. A refusal is safe to retry or forward.

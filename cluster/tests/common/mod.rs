@@ -178,6 +178,17 @@ impl Cluster {
         self.restart(id).await;
     }
 
+    /// Starts a new node `id`, not among the first peers, empty: it waits for a leader to add
+    /// it (`Raft::add_learner` with `self.peers[&id]`).
+    pub async fn join(&mut self, id: NodeId) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        self.peers.insert(id, Peer { addr: addr.to_string() });
+        let dir = self._root.path().join(format!("node-{id}"));
+        self.members.insert(id, Member { dir, addr, faults: Faults::new(), running: None });
+        self.run(id, listener).await;
+    }
+
     /// Waits until every node in `among` sees the same leader, itself one of `among`, in the
     /// leader state and acknowledged by a quorum, and returns it.
     pub async fn leader(&self, among: &[NodeId]) -> NodeId {

@@ -2,7 +2,10 @@
 //! or by size and age, and sealing an idle active segment so that it can age out. The
 //! active segment is never dropped.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use super::Log;
 use crate::{appender::Message, entry::EntryKind, error::Result, segment::Segment};
@@ -26,9 +29,31 @@ impl Log {
 
     /// Drops the oldest sealed segments that break a retention limit.
     pub fn apply_retention(&self, retention: Retention) -> Result<usize> {
-        let now_ms = now_ms();
-        let mut total: u64 = self.shared().segments().iter().map(|s| s.size()).sum();
-        self.shared().drop_front(|segment| {
+        let segments: Vec<Arc<Segment>> = self.shared().segments().clone();
+        let count = breaking(&segments, retention, now_ms());
+        let Some(last) = count.checked_sub(1).map(|i| segments[i].next_index()) else { return Ok(0) };
+        self.shared().drop_front(|segment| segment.next_index() <= last)
+    }
+
+    /// The index retention would keep the log from, without dropping anything: the first
+    /// index of the oldest segment that breaks no limit, when older ones do. A cluster's
+    /// leader decides retention with it and replicates the decision.
+    pub fn retention_point(&self, retention: Retention) -> Option<u64> {
+        let segments: Vec<Arc<Segment>> = self.shared().segments().clone();
+        let count = breaking(&segments, retention, now_ms());
+        (count > 0).then(|| segments[count].base())
+    }
+}
+
+/// How many of the oldest sealed segments of `segments` break a limit of `retention` (the
+/// active segment never does). It reads segments (for their newest record's time): call it
+/// on a copy of the list, not under its lock.
+fn breaking(segments: &[Arc<Segment>], retention: Retention, now_ms: u64) -> usize {
+    let mut total: u64 = segments.iter().map(|s| s.size()).sum();
+    let sealed = &segments[..segments.len().saturating_sub(1)];
+    sealed
+        .iter()
+        .take_while(|segment| {
             let over_size = retention.max_bytes.is_some_and(|max| total > max);
             let too_old = retention.max_age.is_some_and(|age| {
                 newest_timestamp_ms(segment)
@@ -36,12 +61,10 @@ impl Log {
             });
             if over_size || too_old {
                 total -= segment.size();
-                true
-            } else {
-                false
             }
+            over_size || too_old
         })
-    }
+        .count()
 }
 
 impl Log {
