@@ -53,6 +53,7 @@ use crate::proto::raft_client::RaftClient;
 use crate::proto::{
     Header, RaftRequest, SnapshotChunk, SnapshotStart, StatusReply, StatusRequest, snapshot_chunk,
 };
+use crate::snapshot::SnapshotStats;
 use crate::state_machine::{Snapshot, SnapshotData};
 use crate::types::{NodeId, Peer, TypeConfig, Vote};
 
@@ -115,6 +116,7 @@ pub struct Network {
     config: NetConfig,
     faults: Faults,
     channels: Arc<Mutex<HashMap<(NodeId, Lane), CachedChannel>>>,
+    snapshots: Arc<SnapshotStats>,
 }
 
 /// Which connection to a peer a call uses. Snapshots get their own, so that a large transfer
@@ -139,7 +141,12 @@ impl Network {
             snapshot_chunk_bytes: usize::try_from(config.snapshot_chunk_bytes).unwrap_or(usize::MAX),
             tls: config.peer_tls.clone(),
         };
-        Network { id, config, faults, channels: Arc::default() }
+        Network { id, config, faults, channels: Arc::default(), snapshots: Arc::default() }
+    }
+
+    /// The counts of the snapshots this network sent.
+    pub fn snapshot_stats(&self) -> Arc<SnapshotStats> {
+        self.snapshots.clone()
     }
 
     /// The cached channel to `target` at `addr`, created (unconnected) on first use, and
@@ -191,6 +198,7 @@ impl Network {
             cluster: self.config.cluster.clone(),
             faults: self.faults.clone(),
             client,
+            snapshots: self.snapshots.clone(),
         }
     }
 }
@@ -215,6 +223,7 @@ pub struct PeerClient {
     cluster: Arc<str>,
     faults: Faults,
     client: Result<RaftClient<Channel>, Arc<str>>,
+    snapshots: Arc<SnapshotStats>,
 }
 
 /// The unary calls of `raft.v1.Raft`.
@@ -388,6 +397,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 Ok(reply) => {
                     let vote = codec::decode_vote(&reply.into_inner().payload)
                         .map_err(|e| self.unreachable(format!("undecodable snapshot reply: {e}")))?;
+                    self.snapshots.count_sent(data_bytes);
                     Ok(SnapshotResponse::new(vote))
                 }
                 Err(status) => match read_error.lock().unwrap().take() {

@@ -43,6 +43,7 @@ use crate::log_store::LogStore;
 use crate::network::{Faults, Network};
 use crate::proto::raft_server::RaftServer;
 use crate::raft_service::RaftService;
+use crate::snapshot::SnapshotStats;
 use crate::state_machine::StateMachine;
 use crate::types::{Ack, Command, NodeId, Peer, Record, TypeConfig};
 
@@ -221,6 +222,8 @@ pub struct Node {
     retaining: JoinHandle<()>,
     /// The latest retention decision this node applied.
     retention: tokio::sync::watch::Receiver<u64>,
+    /// Snapshots sent and received.
+    snapshots: Arc<SnapshotStats>,
     peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
@@ -281,7 +284,9 @@ impl Node {
             config.cluster_name.as_str().into(),
             config.snapshot_bytes_max,
             config.message_bytes_max(),
+            network.snapshot_stats(),
         );
+        let snapshots = network.snapshot_stats();
 
         let lowest = peers.keys().next().copied() == Some(id);
         let bootstrap = (pristine && lowest).then(|| {
@@ -299,6 +304,7 @@ impl Node {
             bootstrap,
             retaining,
             retention,
+            snapshots,
             peer_tls: config.peer_tls,
         })
     }
@@ -316,6 +322,11 @@ impl Node {
     /// The engine log holding this node's Raft entries (and so its records).
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// The snapshots this node sent and received since it started.
+    pub fn snapshot_stats(&self) -> Arc<SnapshotStats> {
+        self.snapshots.clone()
     }
 
     /// The TLS this node dials its peers with ([`ClusterConfig::peer_tls`]).

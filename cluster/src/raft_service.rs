@@ -25,7 +25,7 @@ use crate::proto::raft_server::{Raft as RaftRpc, RaftServer};
 use crate::proto::{
     Header, RaftReply, RaftRequest, SnapshotChunk, StatusReply, StatusRequest, snapshot_chunk,
 };
-use crate::snapshot::Receiver;
+use crate::snapshot::{Receiver, SnapshotStats};
 use crate::state_machine::Snapshot;
 use crate::types::NodeId;
 
@@ -39,6 +39,7 @@ pub struct RaftService {
     log: Log,
     snapshot_bytes_max: u64,
     message_bytes_max: usize,
+    snapshots: Arc<SnapshotStats>,
 }
 
 impl RaftService {
@@ -49,9 +50,10 @@ impl RaftService {
         cluster: Arc<str>,
         snapshot_bytes_max: u64,
         message_bytes_max: usize,
+        snapshots: Arc<SnapshotStats>,
     ) -> Self {
         let id = *raft.node_id();
-        RaftService { raft, id, cluster, faults, log, snapshot_bytes_max, message_bytes_max }
+        RaftService { raft, id, cluster, faults, log, snapshot_bytes_max, message_bytes_max, snapshots }
     }
 
     /// The service, ready for `tonic::transport::Server::add_service`, with message limits
@@ -171,6 +173,7 @@ impl RaftRpc for RaftService {
         let data = receiver.finish().map_err(|e| snapshot_error(&e))?;
         tracing::info!(node = self.id, from, %meta, bytes = start.data_bytes, "installing a snapshot");
         let snapshot = Snapshot { meta, snapshot: data };
+        self.snapshots.count_received(start.data_bytes);
         let resp = self.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| self.stopped(e))?;
         Ok(reply(codec::encode_vote(&resp.vote)))
     }

@@ -17,12 +17,40 @@
 //! ([`install`]): the staged files replace the log's segments (crash-safe, see
 //! `docs/format.md`), unless the log already holds the snapshot's last entry.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
 
 use bytes::{Buf, Bytes, BytesMut};
 use ringlog_engine::{EntryId, Log, LogFiles, Staging};
 
 use crate::codec::{self, FilesHead, SnapshotHead};
+
+/// Snapshots a node sent and installed since it started, for its metrics.
+#[derive(Debug, Default)]
+pub struct SnapshotStats {
+    /// Snapshots sent to followers (the follower answered).
+    pub sent: AtomicU64,
+    /// Bytes of those snapshots' data.
+    pub sent_bytes: AtomicU64,
+    /// Snapshots received from a leader and handed to openraft to install.
+    pub received: AtomicU64,
+    /// Bytes of those snapshots' data.
+    pub received_bytes: AtomicU64,
+}
+
+impl SnapshotStats {
+    pub(crate) fn count_sent(&self, bytes: u64) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_received(&self, bytes: u64) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.received_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
 
 /// Bytes read from a segment file per chunk sent.
 const READ_CHUNK: usize = 1 << 20;

@@ -100,4 +100,14 @@ async fn every_node_deletes_the_same_prefix_and_nodes_behind_it_catch_up_by_snap
         cluster.applied(id, last).await;
         assert_serves(&cluster, id, lowest, 320);
     }
+    let counted = |id: NodeId| {
+        let stats = cluster.node(id).snapshot_stats();
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        (load(&stats.sent), load(&stats.received), load(&stats.received_bytes))
+    };
+    assert!(counted(leader).0 >= 2, "the leader sent the two snapshots: {:?}", counted(leader));
+    for id in [dead, 4] {
+        let (_, received, bytes) = counted(id);
+        assert!(received >= 1 && bytes > 4 << 10, "node {id} received segment files: {:?}", counted(id));
+    }
 }

@@ -124,6 +124,22 @@ fn the_receiver_gets_the_senders_entries_offsets_and_purge_point_and_keeps_its_v
 }
 
 #[test]
+fn a_replica_whose_read_limit_lags_the_install_reads_nothing_below_the_new_first_entry() {
+    let (_sender_disk, sender) = sender();
+    let files = sender.files_through(47).unwrap();
+    let disk = SimDisk::new();
+    let log = receiver(&disk);
+    // A replica's readers stop at its applied mark, which moves only after the install.
+    log.set_read_limit(5);
+    ship(&files, &log, 4096).install(files.before, files.last, files.first_offset).unwrap();
+    let first = sender.offset_of_index(14);
+    assert_eq!((log.lowest_offset(), log.readable_offset()), (first, first));
+    log.set_read_limit(48);
+    assert_eq!(log.readable_offset(), sender.offset_of_index(48));
+    assert_eq!(log.read(first).unwrap().value, Bytes::from("t1-i14"));
+}
+
+#[test]
 fn a_damaged_or_incomplete_shipment_is_refused_and_the_log_is_untouched() {
     let (_sender_disk, sender) = sender();
     let files = sender.files_through(47).unwrap();

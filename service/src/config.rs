@@ -359,15 +359,6 @@ impl Settings {
         if self.retention_check_interval.0.is_zero() {
             return Err(invalid("retention-check-interval", "must be longer than 0s"));
         }
-        if self.peers.is_some() && self.retention().is_some() {
-            // Each node would delete its own prefix, behind Raft's back.
-            let setting = match (self.retention_bytes, self.retention_age) {
-                (Some(_), _) => "retention-bytes",
-                (None, Some(_)) => "retention-age",
-                (None, None) => "segment-age",
-            };
-            return Err(invalid(setting, "retention in a cluster is not built yet; a single node only"));
-        }
         for (setting, value) in [
             ("max-connections", self.max_connections as u64),
             ("max-streams-per-connection", u64::from(self.max_streams_per_connection)),
@@ -676,8 +667,7 @@ mod tests {
         let error = file("retention-age = \"a week\"").unwrap_err().to_string();
         assert!(error.contains("`retention-age`") && error.contains("not a duration such as 7d"), "{error}");
         let cluster = "node-id = 1\npeers = \"1=127.0.0.1:8401\"\nretention-bytes = 1000\n";
-        let error = file(cluster).unwrap_err().to_string();
-        assert!(error.contains("`retention-bytes`") && error.contains("not built yet"), "{error}");
+        assert!(file(cluster).unwrap().retention().is_some(), "a cluster retains too (through Raft)");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! engine's fsync latency buckets, exported as the `ringlog_fsync_seconds` histogram. A
 //! cluster node adds its Raft state (`ringlog_raft_*`: term, leader, last log, committed and
 //! applied index, and on the leader each follower's matched index and lag), read from
-//! openraft's metrics at scrape time too, and counts the leader changes it has seen.
+//! openraft's metrics at scrape time too, the snapshots it sent and received, and counts the
+//! leader changes it has seen.
 //!
 //! Registries are per server, never process-global, so tests can run many servers in one
 //! process and each sees only its own numbers.
@@ -69,7 +70,7 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     /// Metrics for a server of `log`, and of its Raft node when it has one.
-    pub(crate) fn new(log: Log, raft: Option<ringlog_cluster::Raft>) -> Metrics {
+    pub(crate) fn new(log: Log, node: Option<&ringlog_cluster::Node>) -> Metrics {
         let mut registry = Registry::default();
         let calls = Family::<CallLabels, Counter>::default();
         let call_seconds =
@@ -100,13 +101,14 @@ impl Metrics {
         );
         registry.register_collector(Box::new(EngineCollector { log }));
         let leader_changes = Counter::default();
-        if let Some(raft) = raft {
+        if let Some(node) = node {
             registry.register(
                 "ringlog_raft_leader_changes",
                 "Times this node saw the leader change (elections, and losing the leader)",
                 leader_changes.clone(),
             );
-            registry.register_collector(Box::new(RaftCollector { raft }));
+            let (raft, snapshots) = (node.raft().clone(), node.snapshot_stats());
+            registry.register_collector(Box::new(RaftCollector { raft, snapshots }));
         }
         Metrics { registry, calls, call_seconds, append_seconds, followers, produce_streams, leader_changes }
     }
@@ -242,6 +244,7 @@ impl Collector for EngineCollector {
 #[derive(Debug)]
 struct RaftCollector {
     raft: ringlog_cluster::Raft,
+    snapshots: Arc<ringlog_cluster::snapshot::SnapshotStats>,
 }
 
 /// A follower's label on the leader's replication metrics.
@@ -305,6 +308,17 @@ impl Collector for RaftCollector {
                 family.encode(e.encode_descriptor(name, help, None, family.metric_type())?)?;
             }
         }
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        let s = &self.snapshots;
+        counter(e, "ringlog_raft_snapshots_sent", "Snapshots sent to followers", load(&s.sent))?;
+        counter(e, "ringlog_raft_snapshot_sent_bytes", "Bytes of the snapshots sent", load(&s.sent_bytes))?;
+        counter(e, "ringlog_raft_snapshots_received", "Snapshots received from a leader", load(&s.received))?;
+        counter(
+            e,
+            "ringlog_raft_snapshot_received_bytes",
+            "Bytes of the snapshots received",
+            load(&s.received_bytes),
+        )?;
         Ok(())
     }
 }

@@ -10,12 +10,19 @@
 //! lowest offset gets `OUT_OF_RANGE` with the lowest offset in its details. The metrics
 //! count what was deleted (`ringlog_segments_dropped`, `ringlog_dropped_bytes`).
 //!
-//! A single node only: a cluster node must not delete its own prefix behind Raft's back
-//! (the settings refuse it).
+//! On a cluster node the leader decides instead ([`ringlog_cluster::Node::retain`]): it
+//! replicates the index its own log would keep from, and every node deletes below it once
+//! Raft has purged those entries, so that every node keeps the same prefix; a node that lags
+//! behind it catches up by a snapshot of segment files. Each node still seals its own idle
+//! segment (`--segment-age`), which changes no content.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use ringlog_engine::{Log, Retention};
+
+use crate::cluster::Replica;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -41,14 +48,30 @@ pub fn apply(log: &Log, policy: &RetentionPolicy) -> ringlog_engine::Result<usiz
     log.apply_retention(Retention { max_bytes: policy.max_bytes, max_age: policy.max_age })
 }
 
-/// Applies `policy` now and then every `check_every` until `stop` turns true.
-pub(crate) async fn run(log: Log, policy: RetentionPolicy, mut stop: watch::Receiver<bool>) {
+impl RetentionPolicy {
+    fn limits(&self) -> Retention {
+        Retention { max_bytes: self.max_bytes, max_age: self.max_age }
+    }
+}
+
+/// Applies `policy` now and then every `check_every` until `stop` turns true: to `log` on a
+/// single node, through the cluster when `replica` is set.
+pub(crate) async fn run(
+    log: Log,
+    replica: Option<Arc<Replica>>,
+    policy: RetentionPolicy,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(policy.check_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+        if let Some(replica) = &replica {
+            decide(&log, replica, &policy).await;
+            continue;
         }
         let target = log.clone();
         match tokio::task::spawn_blocking(move || apply(&target, &policy)).await {
@@ -62,5 +85,23 @@ pub(crate) async fn run(log: Log, policy: RetentionPolicy, mut stop: watch::Rece
             Ok(Err(error)) => warn!(%error, "retention failed; it tries again at the next check"),
             Err(panicked) => warn!(%panicked, "retention panicked; it tries again at the next check"),
         }
+    }
+}
+
+/// One check on a cluster node: seal its idle segment, and on the leader decide.
+async fn decide(log: &Log, replica: &Replica, policy: &RetentionPolicy) {
+    if let Some(age) = policy.segment_age {
+        let target = log.clone();
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || target.roll_if_older(age)).await {
+            warn!(%error, "sealing an idle segment failed; it tries again at the next check");
+        }
+    }
+    match replica.node().retain(policy.limits()).await {
+        Ok(Some(index)) => {
+            info!(retain_from = index, "retention decided: every node deletes the records below")
+        }
+        Ok(None) => {}
+        // Leadership moved, or the node stopped: the next check (on whichever node leads) decides.
+        Err(error) => warn!(%error, "replicating a retention decision failed; the next check tries again"),
     }
 }

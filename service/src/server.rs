@@ -186,8 +186,8 @@ impl Server {
         self
     }
 
-    /// Applies `policy` while the server runs (see [`crate::retention`]); a single node
-    /// only: a cluster node ignores it.
+    /// Applies `policy` while the server runs (see [`crate::retention`]; on a cluster node,
+    /// through Raft).
     pub fn retention(mut self, policy: RetentionPolicy) -> Server {
         self.retention = Some(policy);
         self
@@ -238,7 +238,7 @@ impl Server {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let (stop, stop_rx) = watch::channel(false);
-        let metrics = Arc::new(Metrics::new(log.clone(), replica.as_ref().map(|r| r.node().raft().clone())));
+        let metrics = Arc::new(Metrics::new(log.clone(), replica.as_ref().map(|r| r.node())));
         let metrics_task = self.metrics_listener.map(|listener| {
             let mut stop_rx = stop_rx.clone();
             let stopping = async move {
@@ -246,16 +246,9 @@ impl Server {
             };
             tokio::spawn(metrics::serve(listener, metrics.clone(), stopping))
         });
-        let retention_task = match (&replica, self.retention) {
-            (None, Some(policy)) => {
-                Some(tokio::spawn(crate::retention::run(log.clone(), policy, stop_rx.clone())))
-            }
-            (Some(_), Some(_)) => {
-                warn!("retention is not applied on a cluster node");
-                None
-            }
-            (_, None) => None,
-        };
+        let retention_task = self.retention.map(|policy| {
+            tokio::spawn(crate::retention::run(log.clone(), replica.clone(), policy, stop_rx.clone()))
+        });
         let policy = Policy {
             client_cert_required: self.tls.as_ref().is_some_and(TlsConfig::client_cert_required),
             acl: self.acl,

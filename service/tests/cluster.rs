@@ -452,3 +452,107 @@ async fn a_partitioned_leader_acknowledges_nothing_and_follows_after_healing() {
     })
     .await;
 }
+
+/// The lowest offset node `i` serves (from the OUT_OF_RANGE details of a read at 0).
+async fn lowest_served(cluster: &Cluster, i: usize) -> u64 {
+    use ringlog_service::proto::ConsumeRequest;
+    use tonic_types::StatusExt;
+    let mut client = cluster.client(i).await;
+    match client.consume(ConsumeRequest { offset: 0, max_records: 0 }).await {
+        Ok(_) => 0,
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::OutOfRange, "node {i}: {status}");
+            let info = status.get_details_error_info().expect("error info");
+            info.metadata["lowest"].parse().expect("a number")
+        }
+    }
+}
+
+/// Retention in a cluster of real processes: with `--retention-bytes`, the leader decides
+/// and every node deletes the same prefix; a fourth node added afterwards with `ringlog
+/// cluster add` receives the leader's segment files by snapshot and serves the same records
+/// at the same offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_the_same_prefix_everywhere_and_a_new_node_joins_by_snapshot() {
+    use ringlog_service::proto::{ConsumeRequest, ProduceRequest, Record};
+
+    bounded(Duration::from_secs(240), async {
+        let limits = ["--max-record-bytes", "1024", "--segment-bytes", "16384"];
+        let retention = ["--retention-bytes", "65536", "--retention-check-interval", "100ms"];
+        let args: Vec<&str> = limits.iter().chain(&retention).copied().collect();
+        let mut cluster = Cluster::start_with(3, &args).await;
+        let leader = cluster.leader().await;
+        let mut client = cluster.client(leader).await;
+        let value = |i: u64| bytes::Bytes::from(format!("{i:0100}"));
+        let next = 3000;
+        for first in (0..next).step_by(50) {
+            let records =
+                (first..first + 50).map(|i| Record { value: value(i), ..Record::default() }).collect();
+            let answer = client.produce(ProduceRequest { record: None, records }).await.unwrap();
+            assert_eq!(answer.into_inner().offset, first);
+        }
+
+        // Every node deletes below the same decided index (about 400 KB written, 64 KiB kept).
+        let deadline = tokio::time::Instant::now() + cluster_harness::WAIT;
+        let lowest = loop {
+            let mut seen = Vec::new();
+            for i in 0..3 {
+                seen.push(lowest_served(&cluster, i).await);
+            }
+            if seen[0] > 0 && seen.iter().all(|&l| l == seen[0]) {
+                break seen[0];
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lowest offsets per node {seen:?}\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(cluster_harness::POLL).await;
+        };
+        assert!(lowest > next / 2, "most of the log was deleted: lowest {lowest}");
+
+        // A new node joins behind the deleted prefix.
+        let new = cluster.start_new_node().await;
+        let all = cluster.addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+        let node_addr = cluster.addrs()[new].to_string();
+        let (ok, _, err) = tokio::task::spawn_blocking(move || {
+            ringlog(&["cluster", "add", "--addr", &all, "--node-id", "4", "--node-addr", &node_addr], None)
+        })
+        .await
+        .unwrap();
+        assert!(ok, "{err}\n{}", cluster.logs());
+        cluster.wait_committed(new, next - 1).await;
+        // Retention may still be finishing (each check decides on the leader's log as it is):
+        // the four nodes converge on one lowest offset and serve the same records above it.
+        let deadline = tokio::time::Instant::now() + cluster_harness::WAIT;
+        let settled = loop {
+            let mut seen = Vec::new();
+            for i in 0..4 {
+                seen.push(lowest_served(&cluster, i).await);
+            }
+            if seen.iter().all(|&l| l == seen[0]) {
+                break seen[0];
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lowest offsets per node {seen:?}\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(cluster_harness::POLL).await;
+        };
+        assert!(settled >= lowest);
+        for i in 0..4 {
+            let mut client = cluster.client(i).await;
+            for offset in [next - 1, (settled + next) / 2] {
+                let answer = client.consume(ConsumeRequest { offset, max_records: 0 }).await.unwrap();
+                assert_eq!(
+                    answer.into_inner().record.unwrap().value,
+                    value(offset),
+                    "node {i}, offset {offset}"
+                );
+            }
+        }
+        eprintln!("retention: {next} records of 100 B, lowest offset {settled} on all four nodes");
+    })
+    .await;
+}

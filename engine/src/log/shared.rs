@@ -245,6 +245,8 @@ impl Shared {
             Durability::Always => self.durable_index.load(Ordering::Acquire),
             _ => self.next_index.load(Ordering::Acquire),
         };
-        written.min(self.read_limit.load(Ordering::Acquire))
+        // Never below the first index: a replica's read limit (its applied mark) may lag an
+        // install that moved the whole log past it, and nothing below is readable anyway.
+        written.min(self.read_limit.load(Ordering::Acquire)).max(self.first_index.load(Ordering::Acquire))
     }
 }

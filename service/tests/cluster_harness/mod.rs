@@ -72,6 +72,8 @@ struct Node {
     addr: SocketAddr,
     /// Where its peers dial it: `addr`, or its proxy in a partitionable cluster.
     peer_addr: SocketAddr,
+    /// Its `--peers` when not the cluster's (a node added later names itself too).
+    own_peers: Option<String>,
     dir: tempfile::TempDir,
     process: Option<Child>,
     /// Everything every incarnation wrote to stderr, for failure messages.
@@ -142,6 +144,7 @@ impl Cluster {
                 id: i as u64 + 1,
                 addr: *addr,
                 peer_addr: peer_addr(i),
+                own_peers: None,
                 dir: tempfile::tempdir().unwrap(),
                 process: None,
                 stderr: Arc::default(),
@@ -165,6 +168,11 @@ impl Cluster {
         self.partitions.as_ref().expect("a partitionable cluster").heal();
     }
 
+    /// The `--peers` every node was given.
+    pub fn peers(&self) -> &str {
+        &self.peers
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -183,6 +191,28 @@ impl Cluster {
 
     pub fn live(&self) -> Vec<usize> {
         (0..self.len()).filter(|&i| self.is_live(i)).collect()
+    }
+
+    /// Starts a new, empty node (the next id) that names the cluster and itself in `--peers`
+    /// and waits for a leader to add it (`ringlog cluster add`); returns its index.
+    pub async fn start_new_node(&mut self) -> usize {
+        assert!(self.partitions.is_none(), "not in a partitionable cluster");
+        let addr = free_addrs(1)[0];
+        let id = self.nodes.len() as u64 + 1;
+        self.nodes.push(Node {
+            id,
+            addr,
+            peer_addr: addr,
+            own_peers: Some(format!("{},{id}={addr}", self.peers)),
+            dir: tempfile::tempdir().unwrap(),
+            process: None,
+            stderr: Arc::default(),
+        });
+        self.liveness =
+            Arc::new(Liveness { kills: (0..self.nodes.len()).map(|_| AtomicU64::new(0)).collect() });
+        let i = self.nodes.len() - 1;
+        self.start_nodes(&[i]).await;
+        i
     }
 
     /// Spawns the given (stopped) nodes, then waits for each one's `serving` line.
@@ -231,7 +261,7 @@ impl Cluster {
             .args(["--addr", &node.addr.to_string()])
             .arg("--data-dir")
             .arg(node.dir.path())
-            .args(["--peers", &self.peers])
+            .args(["--peers", node.own_peers.as_deref().unwrap_or(&self.peers)])
             .args(["--durability", "always"])
             .args(["--log-level", LOG_LEVEL])
             .args(&self.extra_args)
@@ -430,7 +460,7 @@ impl Cluster {
                     Err(status) if matches!(status.code(), Code::OutOfRange | Code::Unavailable) => {
                         last = Some(status);
                     }
-                    Err(status) => panic!("node {i}: Consume({offset}) failed: {status:?}"),
+                    Err(status) => panic!("node {i}: Consume({offset}) failed: {status:?}\n{}", self.logs()),
                 }
             }
             assert!(
