@@ -148,18 +148,31 @@ impl MetaFile {
         if self.meta.vote.as_ref().is_some_and(|vote| vote.len() > VOTE_BYTES_MAX) {
             return Err(Error::InvalidConfig(format!("a vote is at most {VOTE_BYTES_MAX} bytes")));
         }
-        let temp = dir.join(TEMP_NAME);
-        let what = || format!("writing {}", temp.display());
-        let file = disk.open(&temp, true).context(what)?;
-        file.set_len(0).context(what)?;
-        let (_, written) = file.write_all_at(self.encode(), 0);
-        written.context(what)?;
-        file.sync_data().context(what)?;
-        drop(file);
-        let path = path(dir);
-        disk.rename(&temp, &path).context(|| format!("renaming {} to {}", temp.display(), path.display()))?;
-        disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))
+        replace_file(disk, dir, TEMP_NAME, FILE_NAME, self.encode())
     }
+}
+
+/// Replaces the file `name` in `dir` with `bytes`, atomically and durably: written whole to
+/// `temp_name`, synced, renamed over `name`, and the directory synced, so that a crash leaves
+/// the old file or the new one.
+pub(crate) fn replace_file(
+    disk: &dyn Disk,
+    dir: &Path,
+    temp_name: &str,
+    name: &str,
+    bytes: Vec<u8>,
+) -> Result<()> {
+    let temp = dir.join(temp_name);
+    let what = || format!("writing {}", temp.display());
+    let file = disk.open(&temp, true).context(what)?;
+    file.set_len(0).context(what)?;
+    let (_, written) = file.write_all_at(bytes, 0);
+    written.context(what)?;
+    file.sync_data().context(what)?;
+    drop(file);
+    let path = dir.join(name);
+    disk.rename(&temp, &path).context(|| format!("renaming {} to {}", temp.display(), path.display()))?;
+    disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))
 }
 
 struct Reader<'a> {

@@ -33,7 +33,7 @@ use crate::{
     error::{Error, IoContext, Result},
     header::{self, FileKind},
     io::{Disk, DiskFile},
-    meta::MetaFile,
+    meta::{self, MetaFile},
     record::Format,
     recovery,
     segment::{self, STORE_EXT, Segment},
@@ -336,17 +336,7 @@ impl Marker {
     }
 
     fn store(&self, disk: &dyn Disk, dir: &Path) -> Result<()> {
-        let temp = dir.join(MARKER_TEMP);
-        let what = || format!("writing {}", temp.display());
-        let file = disk.open(&temp, true).context(what)?;
-        file.set_len(0).context(what)?;
-        let (_, written) = file.write_all_at(self.encode(), 0);
-        written.context(what)?;
-        file.sync_data().context(what)?;
-        drop(file);
-        let path = dir.join(MARKER);
-        disk.rename(&temp, &path).context(|| format!("renaming {} to {}", temp.display(), path.display()))?;
-        disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))
+        meta::replace_file(disk, dir, MARKER_TEMP, MARKER, self.encode())
     }
 
     fn load(disk: &dyn Disk, dir: &Path, names: &[String]) -> Result<Option<Marker>> {
