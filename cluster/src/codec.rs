@@ -419,8 +419,8 @@ pub(crate) struct FilesHead {
     pub before: Option<ringlog_engine::EntryId>,
     /// The last entry.
     pub last: ringlog_engine::EntryId,
-    /// The record offset of the first data entry.
-    pub first_offset: u64,
+    /// The offset the first record after `last` gets.
+    pub next_offset: u64,
     /// Each part's first index and length in bytes, in order.
     pub parts: Vec<ringlog_engine::FilePart>,
 }
@@ -443,7 +443,7 @@ pub(crate) fn encode_snapshot_head(head: &SnapshotHead) -> Bytes {
             b.put_u8(1);
             b.put_u8(u8::from(files.before.is_some()));
             let before = files.before.unwrap_or_default();
-            for n in [before.term, before.index, files.last.term, files.last.index, files.first_offset] {
+            for n in [before.term, before.index, files.last.term, files.last.index, files.next_offset] {
                 b.put_u64_le(n);
             }
             b.put_u32_le(len_u32(files.parts.len()));
@@ -466,13 +466,13 @@ pub(crate) fn decode_snapshot_head(bytes: &[u8]) -> io::Result<SnapshotHead> {
         let has_before = r.bool()?;
         let before = EntryId { term: r.u64()?, index: r.u64()? };
         let last = EntryId { term: r.u64()?, index: r.u64()? };
-        let first_offset = r.u64()?;
+        let next_offset = r.u64()?;
         let count = r.count(16)?;
         let mut parts = Vec::with_capacity(count);
         for _ in 0..count {
             parts.push(FilePart { first_index: r.u64()?, len: r.u64()? });
         }
-        Some(FilesHead { before: has_before.then_some(before), last, first_offset, parts })
+        Some(FilesHead { before: has_before.then_some(before), last, next_offset, parts })
     } else {
         None
     };
@@ -722,7 +722,7 @@ mod tests {
         let files = FilesHead {
             before: Some(ringlog_engine::EntryId { term: 2, index: 9 }),
             last: ringlog_engine::EntryId { term: 3, index: 40 },
-            first_offset: 7,
+            next_offset: 7,
             parts: vec![ringlog_engine::FilePart { first_index: 10, len: 300 }],
         };
         for head in [

@@ -105,7 +105,7 @@ impl SnapshotData {
                 files: files.as_ref().map(|f| FilesHead {
                     before: f.before,
                     last: f.last,
-                    first_offset: f.first_offset,
+                    next_offset: f.next_offset,
                     parts: f.parts(),
                 }),
             },
@@ -118,6 +118,11 @@ impl SnapshotData {
     /// The entries' last id, if the data carries entries.
     pub fn last_entry(&self) -> Option<EntryId> {
         self.head().files.map(|f| f.last)
+    }
+
+    /// The offset the first record after the entries gets, if the data carries entries.
+    pub fn next_offset(&self) -> Option<u64> {
+        self.head().files.map(|f| f.next_offset)
     }
 
     /// The bytes of the head and the parts, in chunks of at most `chunk_bytes`, read from the
@@ -305,7 +310,7 @@ pub(crate) async fn install(data: &SnapshotData, log: &Log) -> std::io::Result<(
             let staging = staging.lock().unwrap().take().ok_or_else(|| {
                 std::io::Error::other("this snapshot's staged entries were installed already")
             })?;
-            blocking(move || staging.install(files.before, files.last, files.first_offset)).await
+            blocking(move || staging.install(files.before, files.last, files.next_offset)).await
         }
         Inner::Local { files, .. } => {
             // Installing a snapshot built by another state machine in this process (tests,
@@ -324,7 +329,7 @@ pub(crate) async fn install(data: &SnapshotData, log: &Log) -> std::io::Result<(
                         at += buf.len() as u64;
                     }
                 }
-                staging.install(files.before, files.last, files.first_offset)
+                staging.install(files.before, files.last, files.next_offset)
             })
             .await
         }

@@ -350,7 +350,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
         let state = codec::decode_sm_state(snapshot.state())?;
         let entries_match =
-            snapshot.last_entry().is_none_or(|last| state.applied.map(|a| codec::entry_id(&a)) == Some(last));
+            snapshot.last_entry().is_none_or(|last| state.applied.map(|a| codec::entry_id(&a)) == Some(last))
+                && snapshot.next_offset().is_none_or(|next| next == state.records);
         if state.applied != meta.last_log_id || state.membership != meta.last_membership || !entries_match {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -386,8 +387,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        let state = self.shared.snapshot.lock().unwrap().clone();
-        state.map(|state| snapshot_of(&state, self.log.as_ref())).transpose()
+        let Some(mut state) = self.shared.snapshot.lock().unwrap().clone() else { return Ok(None) };
+        if let Some(log) = &self.log
+            && state.applied.is_some_and(|applied| applied.index < log.first_index())
+        {
+            // Retention deleted the entries through this snapshot's last one, and a snapshot
+            // must carry the records from the log's first on: take one of the current state
+            // (applied past every purge, so the log holds it).
+            let current = self.shared.state.lock().unwrap().clone();
+            persist(&self.shared, current.clone(), false).await?;
+            state = current;
+        }
+        snapshot_of(&state, self.log.as_ref()).map(Some)
     }
 }
 

@@ -105,7 +105,7 @@ fn the_receiver_gets_the_senders_entries_offsets_and_purge_point_and_keeps_its_v
     let disk = SimDisk::new();
     let log = receiver(&disk);
     for chunk in [7, 4096] {
-        ship(&files, &log, chunk).install(files.before, files.last, files.first_offset).unwrap();
+        ship(&files, &log, chunk).install(files.before, files.last, files.next_offset).unwrap();
         let (got, offsets, purged) = state(&log);
         let expected: Vec<Entry> = entries(&sender).into_iter().filter(|e| e.id.index <= 47).collect();
         assert_eq!(got, expected, "chunks of {chunk}");
@@ -131,12 +131,31 @@ fn a_replica_whose_read_limit_lags_the_install_reads_nothing_below_the_new_first
     let log = receiver(&disk);
     // A replica's readers stop at its applied mark, which moves only after the install.
     log.set_read_limit(5);
-    ship(&files, &log, 4096).install(files.before, files.last, files.first_offset).unwrap();
+    ship(&files, &log, 4096).install(files.before, files.last, files.next_offset).unwrap();
     let first = sender.offset_of_index(14);
     assert_eq!((log.lowest_offset(), log.readable_offset()), (first, first));
     log.set_read_limit(48);
     assert_eq!(log.readable_offset(), sender.offset_of_index(48));
     assert_eq!(log.read(first).unwrap().value, Bytes::from("t1-i14"));
+}
+
+#[test]
+fn one_staging_at_a_time_and_one_never_installed_leaves_nothing_behind() {
+    let (_sender_disk, sender) = sender();
+    let files = sender.files_through(47).unwrap();
+    let disk = SimDisk::new();
+    let log = receiver(&disk);
+    let staged = ship(&files, &log, 4096);
+    // A second stream for the same log (a leader that gave up on the first) must wait.
+    let error = log.stage_install().unwrap_err();
+    assert!(matches!(error, Error::Snapshot(_)), "{error}");
+    let staged_files =
+        || disk.paths().into_iter().filter(|p| p.to_string_lossy().contains("install")).count();
+    assert!(staged_files() > 0);
+    drop(staged);
+    assert_eq!(staged_files(), 0, "an abandoned staging removes its files");
+    ship(&files, &log, 4096).install(files.before, files.last, files.next_offset).unwrap();
+    assert_eq!(log.first_index(), 14);
 }
 
 #[test]
@@ -158,17 +177,17 @@ fn a_damaged_or_incomplete_shipment_is_refused_and_the_log_is_untouched() {
         }
         staging.write(&bytes).unwrap();
     }
-    let error = staging.install(files.before, files.last, files.first_offset).unwrap_err();
+    let error = staging.install(files.before, files.last, files.next_offset).unwrap_err();
     assert!(matches!(error, Error::Corrupt { .. }), "{error}");
     assert_eq!(state(&log), untouched);
 
     // Entries missing at the end (the last id says 47, the parts stop at 30), and parts
     // that do not start after the entry before.
     let short = sender.files_through(30).unwrap();
-    let error = ship(&short, &log, 4096).install(short.before, files.last, short.first_offset).unwrap_err();
+    let error = ship(&short, &log, 4096).install(short.before, files.last, short.next_offset).unwrap_err();
     assert!(matches!(error, Error::Snapshot(_)), "{error}");
     let error = ship(&files, &log, 4096)
-        .install(Some(EntryId { term: 1, index: 12 }), files.last, files.first_offset)
+        .install(Some(EntryId { term: 1, index: 12 }), files.last, files.next_offset)
         .unwrap_err();
     assert!(matches!(error, Error::Corrupt { .. }), "{error}");
     assert_eq!(state(&log), untouched);
@@ -189,7 +208,7 @@ fn install_with(fault: SimFault, files: &LogFiles) -> (SimDisk, bool) {
     let log = receiver(&disk);
     let staging = ship(files, &log, 4096);
     disk.inject(fault);
-    let installed = staging.install(files.before, files.last, files.first_offset).is_ok();
+    let installed = staging.install(files.before, files.last, files.next_offset).is_ok();
     disk.clear_faults();
     drop(log);
     (disk, installed)
@@ -206,14 +225,18 @@ fn a_failure_or_power_loss_at_any_write_or_sync_of_an_install_leaves_the_old_log
     let new = {
         let disk = SimDisk::new();
         let log = receiver(&disk);
-        ship(&files, &log, 4096).install(files.before, files.last, files.first_offset).unwrap();
+        ship(&files, &log, 4096).install(files.before, files.last, files.next_offset).unwrap();
         state(&log)
     };
     let (mut saw_old, mut saw_new, mut finished_on_open) = (0, 0, 0);
-    for after in 0..12 {
+    // Every write and sync of the install fails in turn, until the install runs past them all.
+    for after in 0.. {
+        assert!(after < 200, "an install of a few files does not take 200 writes");
+        let mut reached = false;
         for fault in [SimFault::Write { after, errno: libc::EIO }, SimFault::Sync { after, errno: libc::EIO }]
         {
             let (disk, installed) = install_with(fault, &files);
+            reached |= !installed;
             let mut images = vec![("reopened".to_owned(), disk.clone()), ("crash".to_owned(), disk.crash())];
             for seed in 0..4 {
                 images.push((format!("crash_seeded({seed})"), disk.crash_seeded(seed)));
@@ -241,6 +264,9 @@ fn a_failure_or_power_loss_at_any_write_or_sync_of_an_install_leaves_the_old_log
                 }
                 log.close().unwrap();
             }
+        }
+        if !reached {
+            break;
         }
     }
     assert!(saw_old > 0 && saw_new > 0, "both outcomes occur: old {saw_old}, new {saw_new}");

@@ -140,6 +140,10 @@ impl Appender {
         let shared = Arc::clone(&self.shared);
         let (disk, dir) = (shared.disk.as_ref(), shared.dir.as_path());
         let result = (|| {
+            // A committed id kept in memory only reaches the file the install rewrites.
+            if shared.meta_unwritten.load(Ordering::Acquire) {
+                shared.write_meta(|_| {})?;
+            }
             crate::log::finish_install(disk, dir)?;
             crate::recovery::recover(disk, dir, &shared.config, false)
         })();
@@ -158,6 +162,9 @@ impl Appender {
             shared.first_index.store(recovered.first_index, Ordering::Release);
             shared.next_index.store(next, Ordering::Release);
             shared.durable_index.store(next, Ordering::Release);
+        }
+        if recovered.created_segments {
+            shared.dir_unsynced.store(true, Ordering::SeqCst);
         }
         self.next = next;
         self.last_term = recovered.last_term;

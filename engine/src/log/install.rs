@@ -74,8 +74,9 @@ pub struct LogFiles {
     pub before: Option<EntryId>,
     /// The last entry in the view.
     pub last: EntryId,
-    /// The record offset of the first data entry at or after the first index.
-    pub first_offset: u64,
+    /// The record offset the first data entry after `last` gets (so the offsets of the
+    /// entries in the view follow from their kinds).
+    pub next_offset: u64,
 }
 
 impl LogFiles {
@@ -119,7 +120,7 @@ impl std::fmt::Debug for LogFiles {
             .field("parts", &self.parts())
             .field("before", &self.before)
             .field("last", &self.last)
-            .field("first_offset", &self.first_offset)
+            .field("next_offset", &self.next_offset)
             .finish()
     }
 }
@@ -130,6 +131,22 @@ pub struct Staging {
     log: Log,
     /// The staged parts so far: first index and the open file with its length.
     parts: Vec<(u64, Arc<dyn DiskFile>, u64)>,
+    /// Committed: the files belong to the install now.
+    installed: bool,
+}
+
+impl Drop for Staging {
+    /// Releases the log's staging; a staging that was not installed removes its files (a
+    /// snapshot openraft did not need, or one that failed).
+    fn drop(&mut self) {
+        let shared = self.log.shared();
+        if !self.installed {
+            for (first, _, _) in &self.parts {
+                let _ = shared.disk.remove(&shared.dir.join(staged_name(*first)));
+            }
+        }
+        shared.staging.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for Staging {
@@ -145,23 +162,29 @@ impl Log {
     /// have another layout).
     pub fn files_through(&self, last: u64) -> Result<LogFiles> {
         let shared = self.shared();
+        // The first index and the purge point before it, read together: a purge moves the
+        // purge point first, then the first index; read again while they disagree.
+        let (first, before) = loop {
+            let purged = shared.meta_file().meta.purged;
+            let first = self.first_index();
+            match (first, purged) {
+                (0, _) => break (0, None),
+                (first, Some(purged)) if purged.index + 1 == first => break (first, Some(purged)),
+                _ if shared.meta_file().meta.purged != purged || self.first_index() != first => continue,
+                (first, purged) => {
+                    return Err(Error::Snapshot(format!(
+                        "the entry before index {first} is unknown (purged {purged:?}): the log cannot be shipped"
+                    )));
+                }
+            }
+        };
         let segments: Vec<Arc<Segment>> = shared.segments().clone();
-        let first = self.first_index();
         if last < first || last >= self.next_index() {
             return Err(Error::Snapshot(format!(
                 "no entry {last} to ship: the log holds [{first}, {})",
                 self.next_index()
             )));
         }
-        let before = match (first, shared.meta_file().meta.purged) {
-            (0, _) => None,
-            (first, Some(purged)) if purged.index + 1 == first => Some(purged),
-            (first, purged) => {
-                return Err(Error::Snapshot(format!(
-                    "the entry before index {first} is unknown (purged {purged:?}): the log cannot be shipped"
-                )));
-            }
-        };
         let mut parts = Vec::new();
         let mut last_id = None;
         for segment in segments.iter().filter(|s| s.next_index() > first && s.base() <= last) {
@@ -171,28 +194,33 @@ impl Log {
                     segment.store.path().display()
                 )));
             }
+            // The size before the index: an append in between lengthens neither the part.
+            let size = segment.size();
             let from = first.max(segment.base());
             let through = last.min(segment.next_index() - 1);
             let start = segment.frame_start(from);
-            let end = if through + 1 < segment.next_index() {
-                segment.frame_start(through + 1)
-            } else {
-                segment.size()
-            };
+            let end =
+                if through + 1 < segment.next_index() { segment.frame_start(through + 1) } else { size };
             parts.push((Arc::clone(segment), FilePart { first_index: from, len: end - start }, start));
             if through == last {
                 last_id = segment.read_entries(last, 1, 0)?.pop().map(|e| e.id);
             }
         }
         let last = last_id.ok_or(Error::Truncated { index: last })?;
-        let first_offset = self.offset_of_index(first);
-        Ok(LogFiles { parts, before, last, first_offset })
+        // Stable under a concurrent purge, which forgets only entries below the first kept.
+        let next_offset = self.offset_of_index(last.index + 1);
+        Ok(LogFiles { parts, before, last, next_offset })
     }
 
     /// Starts staging files for [`Staging::install`], removing what an earlier staging that
     /// never committed left behind.
     pub fn stage_install(&self) -> Result<Staging> {
         let shared = self.shared();
+        if shared.staging.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Err(Error::Snapshot("another snapshot is being staged".into()));
+        }
+        // From here the flag is the new staging's: dropping it releases the flag.
+        let staging = Staging { log: self.clone(), parts: Vec::new(), installed: false };
         let (disk, dir) = (shared.disk.as_ref(), shared.dir.as_path());
         let names = disk.list(dir).context(|| format!("listing data directory {}", dir.display()))?;
         if names.iter().any(|name| name == MARKER) {
@@ -202,7 +230,7 @@ impl Log {
             let path = dir.join(name);
             disk.remove(&path).context(|| format!("removing {}", path.display()))?;
         }
-        Ok(Staging { log: self.clone(), parts: Vec::new() })
+        Ok(staging)
     }
 }
 
@@ -234,11 +262,13 @@ impl Staging {
 
     /// Checks the staged entries (contiguous from `before`'s successor, or 0, through `last`;
     /// terms never decreasing; every frame intact), commits the install, and replaces the
-    /// log's entries with them. `first_offset` is the record offset of the first data entry.
-    /// Until the commit a failure leaves the log as it was; after it, the log is poisoned and
-    /// the next open finishes the install.
-    pub fn install(self, before: Option<EntryId>, last: EntryId, first_offset: u64) -> Result<()> {
-        let shared = self.log.shared();
+    /// log's entries with them. `next_offset` is the offset the first record after `last`
+    /// gets: the offsets of the staged entries follow from it and their kinds. Until the
+    /// commit a failure leaves the log as it was; after it, the log is poisoned and the next
+    /// open finishes the install.
+    pub fn install(mut self, before: Option<EntryId>, last: EntryId, next_offset: u64) -> Result<()> {
+        let log = self.log.clone();
+        let shared = log.shared();
         let (disk, dir) = (shared.disk.as_ref(), shared.dir.as_path());
         let first = before.map_or(0, |b| b.index + 1);
         let mut expected = first;
@@ -264,15 +294,20 @@ impl Staging {
                 "the staged entries end before {expected} (term {term:?}), not at {last:?}"
             )));
         }
-        if first_offset > first {
-            return Err(Error::Snapshot(format!("offset {first_offset} cannot be at index {first}")));
-        }
+        let records = (expected - first) - gaps.len() as u64;
+        let Some(first_offset) = next_offset.checked_sub(records) else {
+            return Err(Error::Snapshot(format!("{records} records cannot end before offset {next_offset}")));
+        };
+        // The staged files' entries are durable before the marker that names them.
+        disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
         let bases = self.parts.iter().map(|(first, _, _)| *first).collect();
         let marker =
             Marker { wiped: false, before, gaps_below: first - first_offset, next: expected, bases, gaps };
-        drop(self.parts);
+        self.installed = true;
+        self.parts.clear();
         marker.store(disk, dir)?;
-        self.log.call(Message::Install)
+        drop(self);
+        log.call(Message::Install)
     }
 }
 
@@ -375,12 +410,19 @@ pub(crate) fn finish(disk: &dyn Disk, dir: &Path) -> Result<bool> {
         marker.wiped = true;
         marker.store(disk, dir)?;
     }
-    let staged: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    // Listed again: the wipe above changed the directory.
+    let names = disk.list(dir).context(|| format!("listing data directory {}", dir.display()))?;
+    let present: BTreeSet<&str> = names.iter().map(String::as_str).collect();
     for base in &marker.bases {
         let from = dir.join(staged_name(*base));
-        if staged.contains(staged_name(*base).as_str()) {
-            let to = segment::file_path(dir, *base, STORE_EXT);
+        let to = segment::file_path(dir, *base, STORE_EXT);
+        let moved = to.file_name().and_then(|name| name.to_str()).is_some_and(|name| present.contains(name));
+        if present.contains(staged_name(*base).as_str()) {
             disk.rename(&from, &to).context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+        } else if !moved {
+            // Neither staged nor moved in already: the install cannot be finished.
+            let reason = format!("the install names {} but it is gone", from.display());
+            return Err(Error::corrupt(dir.join(MARKER), 0, reason));
         }
     }
     sync_dir()?;

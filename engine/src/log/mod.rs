@@ -156,6 +156,7 @@ impl Log {
             closed: AtomicBool::new(false),
             stats: Counters::default(),
             dir_lock: Mutex::new(Some(dir_lock)),
+            staging: AtomicBool::new(false),
         });
         let appender_link = Appender::spawn(Arc::clone(&shared), recovered.last_term)
             .context(|| "starting the syncer thread".into())?;

@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Counters,
     /// The data directory's lock, released on close.
     pub(crate) dir_lock: Mutex<Option<DirLock>>,
+    /// A snapshot's files are being staged (one staging at a time: they share file names).
+    pub(crate) staging: AtomicBool,
 }
 
 impl Shared {
