@@ -280,7 +280,8 @@ def cluster(results="docs/bench/cluster-results", out="docs/bench"):
         if "progress" in r:
             print(f'\n{name}: {r["records"]} records, {r["value_bytes"] / 1e6:.0f} MB of values; caught up in '
                   f'{r["caught_up_s"]:.2f} s (cluster add returned after {r["add_returned_s"]:.2f} s): '
-                  f'{r["value_mb_per_s"]:.1f} MB/s of values, {r["received_mb_per_s"]:.1f} MB/s of segment files')
+                  f'{r["value_mb_per_s"]:.1f} MB/s of values, {r["received_mb_per_s"]:.1f} MB/s of segment files'
+                  + (f'; filled at {r["value_bytes"] / r["fill_s"] / 1e6:.1f} MB/s' if r.get("fill_s") else ""))
 
 
 def main():

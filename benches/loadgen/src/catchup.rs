@@ -72,6 +72,9 @@ struct CatchUpReport {
     records: u64,
     /// Their value bytes.
     value_bytes: u64,
+    /// How long filling took (one batched ProduceStream to the leader): the cluster's own
+    /// write rate, to compare the catch-up rate with.
+    fill_s: f64,
     /// The leader's last Raft index when the add began: the target.
     target_index: u64,
     /// From the add to the new node's applied index reaching the target.
@@ -108,7 +111,8 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
     let filling = Instant::now();
     let client = load::connect(&cluster.addr(leader).to_string()).await?;
     load::prefill(client, records, args.record_bytes, args.batch).await.context("filling the cluster")?;
-    println!("filled in {:.1} s", filling.elapsed().as_secs_f64());
+    let fill_s = filling.elapsed().as_secs_f64();
+    println!("filled in {fill_s:.2} s ({:.1} MB/s)", value_bytes as f64 / fill_s / 1e6);
 
     let joiner = cluster.spawn_joiner().await?;
     let target_index = cluster.status(leader).await?.last_index;
@@ -178,6 +182,7 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         records,
         value_bytes,
+        fill_s,
         target_index,
         caught_up_s: seconds,
         add_returned_s: add_returned.as_secs_f64(),
