@@ -60,6 +60,7 @@ impl Cluster {
             None => tempfile::Builder::new().prefix("ringlog-bench-").tempdir(),
         }
         .context("making a temporary directory for the nodes")?;
+        crate::node::own_dir(dir.path(), true);
         let binary = ringlog_binary()?;
         let addrs = free_addrs(spec.nodes)?;
         let peers = (spec.nodes > 1).then(|| peers(&addrs));
@@ -187,6 +188,13 @@ impl Cluster {
     /// The tail of every node's log, for error messages.
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|n| format!("--- node {} ---\n{}\n", n.spec.id, n.log_tail())).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The fields drop after this: the nodes are killed, then the directory goes.
+        crate::node::own_dir(self.dir.path(), false);
     }
 }
 

@@ -86,6 +86,9 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Some(Command::Server(_))) {
+        kill_nodes_when_interrupted();
+    }
     let result = match cli.command {
         Some(Command::Server(args)) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -205,6 +208,35 @@ pub struct BenchArgs {
     /// Cluster processes: the election timeout (`ringlog serve --raft-election-timeout-ms`)
     #[arg(long, default_value_t = 1000)]
     raft_election_timeout_ms: u64,
+}
+
+/// On SIGINT or SIGTERM, kills the `ringlog serve` processes this run started (their
+/// destructors do not run when the process is interrupted) and exits.
+fn kill_nodes_when_interrupted() {
+    let listen = || -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            std::io::Result::Ok(())
+        })?;
+        node::kill_running();
+        eprintln!("ringlog-bench: interrupted; killed the ringlog serve processes it started");
+        std::process::exit(130)
+    };
+    let listener = std::thread::Builder::new().name("bench-signals".into()).spawn(move || {
+        if let Err(error) = listen() {
+            eprintln!(
+                "ringlog-bench: no signal listener ({error}): an interrupted run may leave nodes running"
+            );
+        }
+    });
+    if let Err(error) = listener {
+        eprintln!("ringlog-bench: no signal listener ({error}): an interrupted run may leave nodes running");
+    }
 }
 
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

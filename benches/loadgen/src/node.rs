@@ -5,13 +5,16 @@
 //! configured only by its flags (`RINGLOG_*` variables are removed), logging JSON to a file
 //! in its node directory, which is how the bench learns that it is serving. A [`Node`] owns
 //! its process: dropping it (at the end of a run, on an error, or while a panic unwinds)
-//! SIGKILLs and reaps it, so no run leaves a server behind.
+//! SIGKILLs and reaps it, so no run leaves a server behind. When `ringlog-bench` itself is
+//! interrupted (SIGINT, SIGTERM), no destructor runs: [`kill_running`] kills every node
+//! still running from a signal listener instead.
 
 use std::{
     fs::File,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -19,6 +22,33 @@ use anyhow::Context;
 
 /// The filter of the nodes' logs: the `serving` line, and openraft's warnings only.
 const LOG_LEVEL: &str = "info,openraft=warn";
+
+/// Process ids of the nodes running now (started and not yet reaped).
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Directories of nodes (a cluster's temporary directory) that exist now.
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// SIGKILLs every node still running and removes the directories given to [`own_dir`]: for
+/// when `ringlog-bench` is interrupted and its destructors will not run.
+pub fn kill_running() {
+    let pids = std::mem::take(&mut *RUNNING.lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in pids {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    for dir in std::mem::take(&mut *DIRS.lock().unwrap_or_else(|e| e.into_inner())) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Has [`kill_running`] remove `dir` (`true`), or no longer (`false`: it is removed already).
+pub fn own_dir(dir: &Path, owned: bool) {
+    let mut dirs = DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    dirs.retain(|d| d != dir);
+    if owned {
+        dirs.push(dir.to_owned());
+    }
+}
 
 /// The `ringlog` binary in the directory of this executable (cargo builds both there).
 pub fn ringlog_binary() -> anyhow::Result<PathBuf> {
@@ -112,6 +142,7 @@ impl Node {
             }
         }
         let child = command.spawn().with_context(|| format!("starting {}", self.spec.binary.display()))?;
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(child.id());
         self.process = Some(child);
         Ok(())
     }
@@ -128,7 +159,7 @@ impl Node {
             }
             let process = self.process.as_mut().context("waiting for a node that is not running")?;
             if let Some(status) = process.try_wait()? {
-                self.process = None;
+                self.forget();
                 anyhow::bail!("node {} exited ({status}) before serving:\n{}", self.spec.id, self.log_tail());
             }
             anyhow::ensure!(
@@ -153,6 +184,14 @@ impl Node {
         if let Some(mut process) = self.process.take() {
             let _ = process.kill();
             let _ = process.wait();
+            forget_pid(process.id());
+        }
+    }
+
+    /// Drops the handle of a process that has exited (and been reaped).
+    fn forget(&mut self) {
+        if let Some(process) = self.process.take() {
+            forget_pid(process.id());
         }
     }
 
@@ -161,6 +200,11 @@ impl Node {
         let pid = self.pid().context("CPU time of a node that is not running")?;
         cpu_time_of(&Path::new("/proc").join(pid.to_string()).join("stat"))
     }
+}
+
+/// Takes a reaped process out of [`RUNNING`] (its id may be reused from now on).
+fn forget_pid(pid: u32) {
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).retain(|&p| p != pid);
 }
 
 impl Drop for Node {
