@@ -4,6 +4,7 @@
 Usage:
   python3 benches/plot.py criterion [target/criterion] [docs/bench]
   python3 benches/plot.py service [docs/bench/results] [docs/bench]
+  python3 benches/plot.py cluster [docs/bench/cluster-results] [docs/bench]
 
 `criterion` (docs/benchmarks.md) reads every `<group>/<member>/new/{benchmark,estimates}.json`
 under the criterion directory, computes each member's throughput and its ratio to the group's
@@ -13,6 +14,12 @@ the same parameter), prints a markdown table per group, and writes `<group>.svg`
 `service` (docs/bench/service.md) reads every `<name>.json` that `ringlog-bench --json` wrote,
 prints a markdown table row per measurement (records/s, MB/s, latency percentiles, ratio to
 bare tonic of the same repetition) and writes `service-<name>.svg`.
+
+`cluster` (docs/benchmarks.md, Cluster) reads what docs/bench/cluster.sh wrote: throughput
+runs of `--server compare` (bare tonic, one node process, the 3-node cluster; a table row each
+with the ratios to bare and to the node and the servers' CPU-µs per record; `cluster-<name>.svg`),
+`ringlog-bench failover` reports (the distribution of failover times per election setting, all
+in `cluster-failover.svg`) and `ringlog-bench catch-up` reports (a line of figures).
 
 Both plots are the same shape: one bar per member, the baseline grey and the rest blue, each
 labelled with its rate and its ratio to the baseline; service plots add latency percentiles on
@@ -117,9 +124,9 @@ def criterion(root="target/criterion", out="docs/bench"):
 
 # service: ringlog-bench runs against bare tonic
 
-def bare_rate(runs, run):
+def bare_rate(runs, run, baseline="bare"):
     for other in runs:
-        if other["server"] == "bare" and other["repeat"] == run["repeat"]:
+        if other["server"] == baseline and other["repeat"] == run["repeat"]:
             return other["records_per_s"]
     return None
 
@@ -163,10 +170,15 @@ def service_svg(title, runs, path):
     for r in runs:
         base = bare_rate(runs, r)
         ratio = f' ({r["records_per_s"] / base:.0%} of bare)' if base and r["server"] != "bare" else ""
+        node = bare_rate(runs, r, "node")
+        if node and r["server"] == "cluster":
+            ratio = ratio[:-1] + f', {r["records_per_s"] / node:.0%} of node)'
         colour = BASELINE if r["server"] == "bare" else MEASURED
         text = f'{human(r["records_per_s"], "records/s")}, {r["mb_per_s"]:.0f} MB/s{ratio}'
+        if r.get("server_cpu_us_per_record") is not None:
+            text += f', {r["server_cpu_us_per_record"]:.2f} CPU-µs/record'
         bars.append((f'{r["server"]} #{r["repeat"]}', r["records_per_s"], colour, text))
-    rows = bar_rows(title, bars, label_w, text_room=230)
+    rows = bar_rows(title, bars, label_w, text_room=330 if any(r.get("server_cpu_s") for r in runs) else 230)
     lat_runs = [r for r in runs if latency_of(r)]
     if lat_runs:
         rows += latency_rows(lat_runs, label_w, y0=40 + BAR_H * len(runs) + 10)
@@ -198,8 +210,82 @@ def service(results="docs/bench/results", out="docs/bench"):
         service_svg(title, runs, os.path.join(out, f"service-{name}.svg"))
 
 
+# cluster: processes (one node, three nodes) against bare tonic; failover; catch-up
+
+def failover_svg(reports, path):
+    """One row per election setting: a dot per kill, ticks at p50 and p90, on a linear axis."""
+    label_w, row_h = 210, 56
+    hi = max(c["failover_ms"] for _, r in reports for c in r["cycles"]) * 1.1
+    x0, x1 = label_w, WIDTH - 20
+    xs = lambda v: x0 + (x1 - x0) * v / hi
+    rows = ['<text x="10" y="22" font-size="14" font-weight="bold">'
+            'Failover: SIGKILL of the leader to the next acknowledged produce (ms), one dot per kill</text>']
+    step = 500 if hi > 2000 else 250
+    bottom = 40 + row_h * len(reports)
+    for tick in range(0, int(hi) + 1, step):
+        rows.append(f'<line x1="{xs(tick):.1f}" y1="34" x2="{xs(tick):.1f}" y2="{bottom}" stroke="#ddd"/>')
+        rows.append(f'<text x="{xs(tick):.1f}" y="{bottom + 14}" font-size="10" text-anchor="middle">{tick}</text>')
+    for i, (name, r) in enumerate(reports):
+        s, d = r["settings"], r["failover_ms"]
+        y = 40 + row_h * i + row_h / 2
+        rows.append(f'<text x="10" y="{y - 4}" font-size="12">heartbeat {s["raft_heartbeat_ms"]} ms,</text>')
+        rows.append(f'<text x="10" y="{y + 10}" font-size="12">election timeout {s["raft_election_timeout_ms"]} ms</text>')
+        for c in r["cycles"]:
+            rows.append(f'<circle cx="{xs(c["failover_ms"]):.1f}" cy="{y}" r="4" fill="{MEASURED}" fill-opacity="0.5">'
+                        f'<title>{c["failover_ms"]:.0f} ms</title></circle>')
+        for label, text_y in (("p50", y - 14), ("p90", y + 21)):
+            x = xs(d[label])
+            rows.append(f'<line x1="{x:.1f}" y1="{y - 12}" x2="{x:.1f}" y2="{y + 12}" stroke="black"/>')
+            rows.append(f'<text x="{x:.1f}" y="{text_y}" font-size="9" text-anchor="middle">{label} {d[label]:.0f}</text>')
+    write_svg(path, bottom + 24, rows)
+
+
+def cluster(results="docs/bench/cluster-results", out="docs/bench"):
+    os.makedirs(out, exist_ok=True)
+    reports = []
+    for file in sorted(os.listdir(results)):
+        if file.endswith(".json"):
+            with open(os.path.join(results, file)) as f:
+                reports.append((file[:-len(".json")], json.load(f)))
+    print("| run | server | records/s | MB/s | ratio to bare | ratio to node | server CPU-µs/record | p50 µs | p99 µs | max µs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, report in reports:
+        runs = report.get("runs")
+        if not runs:
+            continue
+        for r in runs:
+            base, node = bare_rate(runs, r), bare_rate(runs, r, "node")
+            to_bare = f'{r["records_per_s"] / base:.2f}' if base and r["server"] != "bare" else "-"
+            to_node = f'{r["records_per_s"] / node:.2f}' if node and r["server"] == "cluster" else "-"
+            cpu = r.get("server_cpu_us_per_record")
+            p = latency_of(r) or {}
+            cells = [f'{p[k]:.0f}' if k in p else "-" for k in ("p50", "p99", "max")]
+            print(f'| {name} | {r["server"]} #{r["repeat"]} | {r["records_per_s"]:.0f} | {r["mb_per_s"]:.1f} | '
+                  f'{to_bare} | {to_node} | {"-" if cpu is None else f"{cpu:.2f}"} | ' + " | ".join(cells) + " |")
+        s = report["settings"]
+        title = (f'{name}: {s["workload"]}, {s["record_bytes"]} B, {s["connections"]}x{s["streams"]} streams, '
+                 f'durability {s["durability"]}' + (f', {s["rate"]} records/s' if s.get("rate") else ""))
+        service_svg(title, runs, os.path.join(out, f"cluster-{name}.svg"))
+    failovers = [(n, r) for n, r in reports if "cycles" in r]
+    if failovers:
+        print("\n| election setting | kills | failover ms min / p50 / p90 / max | leader known ms p50 | records acknowledged |")
+        print("|---|---|---|---|---|")
+        for name, r in failovers:
+            s, d, k = r["settings"], r["failover_ms"], r["leader_known_ms"]
+            print(f'| heartbeat {s["raft_heartbeat_ms"]} ms, election timeout {s["raft_election_timeout_ms"]} ms | '
+                  f'{len(r["cycles"])} | {d["min"]:.0f} / {d["p50"]:.0f} / {d["p90"]:.0f} / {d["max"]:.0f} | '
+                  f'{k["p50"]:.0f} | {r["acknowledged"]} |')
+        failover_svg(failovers, os.path.join(out, "cluster-failover.svg"))
+    for name, r in reports:
+        if "progress" in r:
+            print(f'\n{name}: {r["records"]} records, {r["value_bytes"] / 1e6:.0f} MB of values; caught up in '
+                  f'{r["caught_up_s"]:.2f} s (cluster add returned after {r["add_returned_s"]:.2f} s): '
+                  f'{r["value_mb_per_s"]:.1f} MB/s of values, {r["received_mb_per_s"]:.1f} MB/s of segment files'
+                  + (f'; filled at {r["value_bytes"] / r["fill_s"] / 1e6:.1f} MB/s' if r.get("fill_s") else ""))
+
+
 def main():
-    kinds = {"criterion": criterion, "service": service}
+    kinds = {"criterion": criterion, "service": service, "cluster": cluster}
     if len(sys.argv) < 2 or sys.argv[1] not in kinds:
         sys.exit(__doc__)
     kinds[sys.argv[1]](*sys.argv[2:4])

@@ -202,13 +202,13 @@ pub async fn consume_stream(
 }
 
 /// Appends `records` records of `record_bytes` bytes over one ProduceStream in batches of
-/// up to 1000 and returns the first offset. Not measured: it fills the log for consumers.
+/// up to `batch` and returns the first offset. Not measured: it fills the log for consumers.
 pub async fn prefill(
     mut client: LogClient<Channel>,
     records: u64,
     record_bytes: usize,
+    batch: u64,
 ) -> anyhow::Result<u64> {
-    let batch = 1000;
     let requests = (0..records.div_ceil(batch)).map(move |i| {
         let n = batch.min(records - i * batch);
         Shape { record_bytes, batch: Some(n) }.request(now_ns())

@@ -14,11 +14,23 @@
 //! ConsumeStream (reading a prefilled log), and mixed (producers and followers of the tail
 //! at once: append-to-delivery latency). Closed loop by default (each worker sends as fast as
 //! it is let); `--rate` makes it open loop (see [`schedule`]).
+//!
+//! Real processes: `--server node` is one `ringlog serve` process, `--server cluster` a
+//! 3-node Raft cluster of them on loopback ([`cluster`]), produced to at its leader;
+//! `--server compare` alternates bare tonic, the node and the cluster, and adds each
+//! process target's CPU time per record (read from `/proc/<pid>/stat`). Two measurements
+//! of a cluster are subcommands of their own: `failover` (SIGKILL of the leader to the next
+//! acknowledged produce, [`failover`]) and `catch-up` (a new node's catch-up rate,
+//! [`catchup`]).
 
 #![forbid(unsafe_code)]
 
 mod bare;
+mod catchup;
+mod cluster;
+mod failover;
 mod load;
+mod node;
 mod report;
 mod schedule;
 
@@ -44,6 +56,7 @@ use serde::Serialize;
 use tokio::{sync::watch, task::JoinSet};
 
 use bare::BenchServerArgs;
+use cluster::{Cluster, ClusterSpec};
 use load::{Shape, Tally};
 use report::{Ratio, Report, Run};
 use schedule::{Limit, now_ns};
@@ -63,16 +76,27 @@ struct Cli {
 enum Command {
     /// Serve log.v1 with no storage: the bare tonic baseline that a run compares with.
     Server(BenchServerArgs),
+    /// Failover time of a 3-node cluster of `ringlog serve` processes: SIGKILL the leader
+    /// under a producer, time until a produce is acknowledged again, restart, repeat.
+    Failover(failover::FailoverArgs),
+    /// Catch-up rate: fill a 3-node cluster, add an empty fourth node, time until it holds
+    /// everything.
+    CatchUp(catchup::CatchUpArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Some(Command::Server(_))) {
+        kill_nodes_when_interrupted();
+    }
     let result = match cli.command {
         Some(Command::Server(args)) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")
             .and_then(|runtime| runtime.block_on(bare::run_server(args))),
+        Some(Command::Failover(args)) => client_runtime().and_then(|rt| rt.block_on(failover::run(args))),
+        Some(Command::CatchUp(args)) => client_runtime().and_then(|rt| rt.block_on(catchup::run(args))),
         None => run(cli.bench),
     };
     match result {
@@ -100,7 +124,7 @@ pub enum Workload {
     Mixed,
 }
 
-/// Which servers `ringlog-bench` starts in this process.
+/// Which servers `ringlog-bench` starts: in this process, or `ringlog serve` processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServerChoice {
@@ -110,6 +134,12 @@ pub enum ServerChoice {
     Bare,
     /// Both, alternating, and their ratio
     Both,
+    /// One `ringlog serve` process (built next to ringlog-bench) on a fresh directory
+    Node,
+    /// Three `ringlog serve` processes as a Raft cluster on loopback; produces go to the leader
+    Cluster,
+    /// Bare tonic, one node process and the 3-node cluster, alternating: ratios and CPU/record
+    Compare,
 }
 
 /// What to measure, and against which servers.
@@ -121,7 +151,7 @@ pub struct BenchArgs {
     /// Measure a running server at this address instead of starting servers in-process
     #[arg(long, value_name = "HOST:PORT")]
     addr: Option<String>,
-    /// Servers to start in this process on 127.0.0.1:0 (ignored with --addr)
+    /// Servers to start, in this process or as `ringlog serve` processes, on 127.0.0.1 (ignored with --addr)
     #[arg(long, value_enum, default_value_t = ServerChoice::Both)]
     server: ServerChoice,
     /// HTTP/2 connections
@@ -158,24 +188,71 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     json: Option<PathBuf>,
-    /// In-process ringlog: when appends are acknowledged
+    /// ringlog (in-process or `ringlog serve` processes): when appends are acknowledged
     #[arg(long, value_enum, default_value_t = DurabilityMode::Interval)]
     #[serde(serialize_with = "serialize_debug")]
     durability: DurabilityMode,
-    /// In-process ringlog: append backend
+    /// ringlog (in-process or `ringlog serve` processes): append backend
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     #[serde(serialize_with = "serialize_debug")]
     backend: BackendKind,
-    /// In-process ringlog: where its temporary log directory goes [default: the system's]
+    /// ringlog (in-process or processes): where its temporary directory goes [default: the system's]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Worker threads of each in-process server's runtime [default: one per CPU]
     #[arg(long)]
     server_threads: Option<usize>,
+    /// Cluster processes: the Raft heartbeat (`ringlog serve --raft-heartbeat-ms`)
+    #[arg(long, default_value_t = 250)]
+    raft_heartbeat_ms: u64,
+    /// Cluster processes: the election timeout (`ringlog serve --raft-election-timeout-ms`)
+    #[arg(long, default_value_t = 1000)]
+    raft_election_timeout_ms: u64,
+}
+
+/// On SIGINT or SIGTERM, kills the `ringlog serve` processes this run started (their
+/// destructors do not run when the process is interrupted) and exits.
+fn kill_nodes_when_interrupted() {
+    let listen = || -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            std::io::Result::Ok(())
+        })?;
+        node::kill_running();
+        eprintln!("ringlog-bench: interrupted; killed the ringlog serve processes it started");
+        std::process::exit(130)
+    };
+    let listener = std::thread::Builder::new().name("bench-signals".into()).spawn(move || {
+        if let Err(error) = listen() {
+            eprintln!(
+                "ringlog-bench: no signal listener ({error}): an interrupted run may leave nodes running"
+            );
+        }
+    });
+    if let Err(error) = listener {
+        eprintln!("ringlog-bench: no signal listener ({error}): an interrupted run may leave nodes running");
+    }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bench-client")
+        .build()
+        .context("starting the client runtime")
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     d.map(|d| d.as_secs_f64()).serialize(s)
+}
+
+fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    d.as_secs_f64().serialize(s)
 }
 
 fn serialize_debug<T: std::fmt::Debug, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -277,8 +354,54 @@ impl BenchArgs {
             ServerChoice::Bare => vec![Target::Bare],
             ServerChoice::Both if repeat.is_multiple_of(2) => vec![Target::Bare, Target::Ringlog],
             ServerChoice::Both => vec![Target::Ringlog, Target::Bare],
+            ServerChoice::Node => vec![Target::Node],
+            ServerChoice::Cluster => vec![Target::Cluster],
+            ServerChoice::Compare if repeat.is_multiple_of(2) => {
+                vec![Target::Bare, Target::Node, Target::Cluster]
+            }
+            ServerChoice::Compare => vec![Target::Cluster, Target::Node, Target::Bare],
         }
     }
+
+    /// The flags of `ringlog serve` processes: this run's durability and backend, and for a
+    /// cluster the Raft timers.
+    fn serve_flags(&self, cluster: bool) -> Vec<String> {
+        let mut flags = vec![
+            "--durability".to_owned(),
+            value_name(&self.durability),
+            "--backend".to_owned(),
+            value_name(&self.backend),
+        ];
+        if cluster {
+            flags.extend(raft_flags(self.raft_heartbeat_ms, self.raft_election_timeout_ms));
+        }
+        flags
+    }
+
+    /// The processes target `target` starts, if it is one.
+    fn cluster_spec(&self, target: &Target) -> Option<ClusterSpec> {
+        let nodes = match target {
+            Target::Node => 1,
+            Target::Cluster => 3,
+            _ => return None,
+        };
+        Some(ClusterSpec { nodes, flags: self.serve_flags(nodes > 1), parent_dir: self.data_dir.clone() })
+    }
+}
+
+/// The command-line spelling of `value`.
+fn value_name<T: clap::ValueEnum>(value: &T) -> String {
+    value.to_possible_value().expect("every value has a name").get_name().to_owned()
+}
+
+/// `--raft-heartbeat-ms` and `--raft-election-timeout-ms` for `ringlog serve`.
+pub fn raft_flags(heartbeat_ms: u64, election_timeout_ms: u64) -> Vec<String> {
+    vec![
+        "--raft-heartbeat-ms".to_owned(),
+        heartbeat_ms.to_string(),
+        "--raft-election-timeout-ms".to_owned(),
+        election_timeout_ms.to_string(),
+    ]
 }
 
 /// A server to measure.
@@ -287,6 +410,10 @@ enum Target {
     External(String),
     Ringlog,
     Bare,
+    /// One `ringlog serve` process.
+    Node,
+    /// Three `ringlog serve` processes, measured at the leader.
+    Cluster,
 }
 
 impl Target {
@@ -295,6 +422,8 @@ impl Target {
             Target::External(_) => "external",
             Target::Ringlog => "ringlog",
             Target::Bare => "bare",
+            Target::Node => "node",
+            Target::Cluster => "cluster",
         }
     }
 }
@@ -302,11 +431,7 @@ impl Target {
 /// Runs the measurement `args` asks for.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     args.check()?;
-    let client = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("bench-client")
-        .build()
-        .context("starting the client runtime")?;
+    let client = client_runtime()?;
     println!(
         "{:?}: {} connection(s) x {} stream(s), {} B records{}{}",
         args.workload,
@@ -329,20 +454,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 );
                 continue;
             }
-            let server = InProcess::start(&target, &args)?;
-            let measured = client.block_on(measure(&args, &server.addr, target.name(), repeat));
-            let stopped = server.stop();
-            let run = measured.with_context(|| format!("measuring {}", target.name()))?;
-            stopped?;
+            let run = match args.cluster_spec(&target) {
+                Some(spec) => client.block_on(measure_processes(&args, spec, target.name(), repeat)),
+                None => {
+                    let server = InProcess::start(&target, &args)?;
+                    let measured = client.block_on(measure(&args, &server.addr, target.name(), repeat));
+                    let stopped = server.stop();
+                    measured.and_then(|run| stopped.map(|()| run))
+                }
+            }
+            .with_context(|| format!("measuring {}", target.name()))?;
             println!("{}", run.line());
             runs.push(run);
         }
     }
     let ratio = Ratio::of(&runs);
-    if let Some(ratio) = &ratio {
+    let ratios = Ratio::pairs(&runs);
+    for ratio in &ratios {
         let each: Vec<String> = ratio.each.iter().map(|r| format!("{:.0}%", r * 100.0)).collect();
         println!(
-            "ringlog / bare tonic records/s: median {:.0}% (min {:.0}%, max {:.0}%; each {})",
+            "{} / {} records/s: median {:.0}% (min {:.0}%, max {:.0}%; each {})",
+            ratio.server,
+            ratio.baseline,
             ratio.median * 100.0,
             ratio.min * 100.0,
             ratio.max * 100.0,
@@ -356,6 +489,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             runs,
             ratio_to_bare: ratio,
+            ratios,
         };
         report.write(path)?;
         println!("wrote {}", path.display());
@@ -383,6 +517,9 @@ impl InProcess {
                 (Some(ringlog_config(args)), Some(dir))
             }
             Target::Bare => (None, None),
+            Target::Node | Target::Cluster => {
+                anyhow::bail!("{} is a target of processes, not in-process", target.name())
+            }
         };
         let listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .context("binding 127.0.0.1:0")?;
@@ -512,6 +649,26 @@ async fn join(mut workers: JoinSet<anyhow::Result<Tally>>) -> anyhow::Result<Tal
     Ok(total)
 }
 
+/// Starts the processes of `spec`, measures the workload at the leader, and adds the CPU
+/// time the processes spent during the measurement. The processes are killed at the end,
+/// also when the measurement fails.
+async fn measure_processes(
+    args: &BenchArgs,
+    spec: ClusterSpec,
+    server: &str,
+    repeat: u32,
+) -> anyhow::Result<Run> {
+    let cluster = Cluster::start(spec).await?;
+    let leader = cluster.leader().await?;
+    let before = cluster.cpu_time()?;
+    let run = measure(args, &cluster.addr(leader).to_string(), server, repeat)
+        .await
+        .with_context(|| format!("the nodes' logs:\n{}", cluster.logs()))?;
+    let spent = cluster.cpu_time()?.saturating_sub(before);
+    // A consume run's time includes the prefill it reads: no cost per record then.
+    Ok(if args.workload == Workload::ConsumeStream { run } else { run.with_server_cpu(spent) })
+}
+
 /// One measurement of the workload against the server at `addr`.
 async fn measure(args: &BenchArgs, addr: &str, server: &str, repeat: u32) -> anyhow::Result<Run> {
     let mut clients = Vec::new();
@@ -528,7 +685,7 @@ async fn measure(args: &BenchArgs, addr: &str, server: &str, repeat: u32) -> any
         let first = if server == "bare" {
             0
         } else {
-            load::prefill(clients[0].clone(), records, args.record_bytes).await?
+            load::prefill(clients[0].clone(), records, args.record_bytes, 1000).await?
         };
         let (_keep, until) = watch::channel(records);
         let progress = Progress::start(server, done.clone(), Some(records * args.workers() as u64), None);

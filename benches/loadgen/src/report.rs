@@ -25,6 +25,8 @@ pub struct Percentiles {
     pub count: u64,
     /// Mean.
     pub mean: f64,
+    /// Smallest.
+    pub min: f64,
     /// Median.
     pub p50: f64,
     /// 90th percentile.
@@ -47,6 +49,7 @@ impl Percentiles {
         Some(Percentiles {
             count: histogram.len(),
             mean: histogram.mean() / 1_000.0,
+            min: us(histogram.min()),
             p50: us(histogram.value_at_quantile(0.50)),
             p90: us(histogram.value_at_quantile(0.90)),
             p99: us(histogram.value_at_quantile(0.99)),
@@ -83,6 +86,11 @@ pub struct Run {
     /// Mixed: append-to-delivery latency per delivered record (the time embedded by the
     /// producer to when a follower has it).
     pub delivery_latency_us: Option<Percentiles>,
+    /// `ringlog serve` processes (`node`, `cluster`): CPU seconds (user + system) they
+    /// spent during the run, all nodes together.
+    pub server_cpu_s: Option<f64>,
+    /// `server_cpu_s` per record acknowledged, in microseconds.
+    pub server_cpu_us_per_record: Option<f64>,
 }
 
 impl Run {
@@ -113,7 +121,17 @@ impl Run {
             latency_us: Percentiles::of(latency),
             delivered,
             delivery_latency_us: Percentiles::of(delivery),
+            server_cpu_s: None,
+            server_cpu_us_per_record: None,
         }
+    }
+
+    /// The run, with the CPU time its server processes spent.
+    pub fn with_server_cpu(mut self, cpu: Duration) -> Run {
+        let seconds = cpu.as_secs_f64();
+        self.server_cpu_s = Some(seconds);
+        self.server_cpu_us_per_record = (self.records > 0).then(|| seconds * 1e6 / self.records as f64);
+        self
     }
 
     /// One line for people.
@@ -128,6 +146,9 @@ impl Run {
                 p.p50, p.p90, p.p99, p.p99_9, p.max
             ));
         }
+        if let (Some(cpu), Some(per_record)) = (self.server_cpu_s, self.server_cpu_us_per_record) {
+            line.push_str(&format!("  server CPU {cpu:.2} s = {per_record:.2} µs/record"));
+        }
         if let Some(p) = &self.delivery_latency_us {
             line.push_str(&format!(
                 "  delivery µs p50 {:.0} p90 {:.0} p99 {:.0} p99.9 {:.0} max {:.0} ({} delivered)",
@@ -138,10 +159,14 @@ impl Run {
     }
 }
 
-/// ringlog's throughput as a fraction of the bare server's, per repetition.
+/// One server's throughput as a fraction of another's (a baseline's), per repetition.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Ratio {
-    /// `ringlog records/s / bare records/s` of each repetition, in order.
+    /// The measured server (`ringlog`, `node`, `cluster`).
+    pub server: String,
+    /// What it is divided by (`bare`, or `node` for the cluster).
+    pub baseline: String,
+    /// `server records/s / baseline records/s` of each repetition, in order.
     pub each: Vec<f64>,
     /// Their median.
     pub median: f64,
@@ -154,12 +179,25 @@ pub struct Ratio {
 impl Ratio {
     /// Pairs the `ringlog` and `bare` runs of each repetition; `None` unless both ran.
     pub fn of(runs: &[Run]) -> Option<Ratio> {
+        Ratio::between(runs, "ringlog", "bare")
+    }
+
+    /// Every ratio the runs allow: each server to bare tonic, and the cluster to the node.
+    pub fn pairs(runs: &[Run]) -> Vec<Ratio> {
+        [("ringlog", "bare"), ("node", "bare"), ("cluster", "bare"), ("cluster", "node")]
+            .into_iter()
+            .filter_map(|(server, baseline)| Ratio::between(runs, server, baseline))
+            .collect()
+    }
+
+    /// Pairs the `server` and `baseline` runs of each repetition; `None` unless both ran.
+    pub fn between(runs: &[Run], server: &str, baseline: &str) -> Option<Ratio> {
         let rate = |server: &str, repeat: u32| {
             runs.iter().find(|r| r.server == server && r.repeat == repeat).map(|r| r.records_per_s)
         };
         let repeats = runs.iter().map(|r| r.repeat).max()?;
         let each: Vec<f64> = (0..=repeats)
-            .filter_map(|i| Some(rate("ringlog", i)? / rate("bare", i)?))
+            .filter_map(|i| Some(rate(server, i)? / rate(baseline, i)?))
             .filter(|ratio| ratio.is_finite())
             .collect();
         if each.is_empty() {
@@ -172,7 +210,14 @@ impl Ratio {
         } else {
             (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
         };
-        Some(Ratio { median, min: sorted[0], max: sorted[sorted.len() - 1], each })
+        Some(Ratio {
+            server: server.to_owned(),
+            baseline: baseline.to_owned(),
+            median,
+            min: sorted[0],
+            max: sorted[sorted.len() - 1],
+            each,
+        })
     }
 }
 
@@ -189,6 +234,8 @@ pub struct Report<S: Serialize> {
     pub runs: Vec<Run>,
     /// ringlog as a fraction of bare tonic, when both ran.
     pub ratio_to_bare: Option<Ratio>,
+    /// Every pair of servers that ran: each to bare tonic, the cluster to the node.
+    pub ratios: Vec<Ratio>,
 }
 
 impl<S: Serialize> Report<S> {
@@ -250,6 +297,29 @@ mod tests {
     }
 
     #[test]
+    fn a_comparison_pairs_each_process_target_with_bare_and_the_cluster_with_the_node() {
+        let runs = vec![run("bare", 0, 100), run("node", 0, 50), run("cluster", 0, 20)];
+        let pairs: Vec<(String, String, f64)> =
+            Ratio::pairs(&runs).into_iter().map(|r| (r.server, r.baseline, r.median)).collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("node".into(), "bare".into(), 0.5),
+                ("cluster".into(), "bare".into(), 0.2),
+                ("cluster".into(), "node".into(), 0.4)
+            ]
+        );
+    }
+
+    #[test]
+    fn server_cpu_is_divided_by_records() {
+        let r = run("cluster", 0, 1_000).with_server_cpu(Duration::from_millis(30));
+        assert_eq!(r.server_cpu_s, Some(0.03));
+        assert!((r.server_cpu_us_per_record.unwrap() - 30.0).abs() < 1e-9);
+        assert_eq!(run("node", 0, 0).with_server_cpu(Duration::from_secs(1)).server_cpu_us_per_record, None);
+    }
+
+    #[test]
     fn the_json_report_names_settings_runs_and_ratio() {
         #[derive(Serialize)]
         struct Settings {
@@ -261,6 +331,7 @@ mod tests {
             settings: Settings { workload: "produce-stream" },
             cpus: 2,
             ratio_to_bare: Ratio::of(&runs),
+            ratios: Ratio::pairs(&runs),
             runs,
         };
         let dir = tempfile::tempdir().unwrap();
