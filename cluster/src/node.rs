@@ -355,7 +355,7 @@ impl Node {
     /// Retention, decided here when this node leads: the index `retention` keeps this node's
     /// log from ([`Log::retention_point`]), replicated as a [`Command::RetainFrom`] when it is
     /// past the last decision, so that every node deletes the same prefix (see
-    /// [`follow_retention`]). Returns the index decided, if it moved. A follower decides
+    /// `follow_retention`). Returns the index decided, if it moved. A follower decides
     /// nothing (`Ok(None)`).
     pub async fn retain(&self, retention: ringlog_engine::Retention) -> Result<Option<u64>, WriteError> {
         if self.raft.metrics().borrow_watched().current_leader != Some(self.id) {

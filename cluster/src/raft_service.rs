@@ -9,7 +9,7 @@
 //!
 //! A snapshot arrives as a stream: a start message (vote, metadata, size), then the data in
 //! chunks. The receiver checks the declared size against its limit before it takes any data,
-//! writes the log's parts to staged files as they arrive ([`crate::snapshot::Receiver`], so
+//! writes the log's parts to staged files as they arrive (`snapshot::Receiver`, so
 //! memory stays bounded), and refuses a stream that sends more or less than declared.
 
 use std::sync::Arc;

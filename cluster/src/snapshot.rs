@@ -11,10 +11,10 @@
 //! ```
 //!
 //! read from the segment files chunk by chunk as the transport takes them. The receiver
-//! ([`Receiver`]) parses the head, then writes each part to a staged store file in the log's
+//! (`Receiver`) parses the head, then writes each part to a staged store file in the log's
 //! directory as chunks arrive, so memory stays bounded whatever the log's size. openraft
 //! then hands the received data to the state machine, which installs it
-//! ([`install`]): the staged files replace the log's segments (crash-safe, see
+//! (`install`): the staged files replace the log's segments (crash-safe, see
 //! `docs/format.md`), unless the log already holds the snapshot's last entry.
 
 use std::sync::{
