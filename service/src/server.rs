@@ -256,6 +256,11 @@ impl Server {
         if policy.acl.is_some() && !policy.client_cert_required {
             warn!("an ACL is set without mutual TLS: clients have no subject, so only `*` rules apply");
         }
+        if replica.is_some() && policy.client_cert_required && policy.acl.is_none() {
+            warn!(
+                "a cluster with mutual TLS and no ACL: any client whose certificate chains to the CA may                  call the Raft service; an ACL with `replicate` for the nodes' subjects limits it to them"
+            );
+        }
         let limit = message_bytes_max(log.config().record_bytes_max);
         let addr = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
         let role = match &replica {
