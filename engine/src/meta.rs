@@ -127,20 +127,8 @@ impl MetaFile {
 
     /// Reads the file in `dir`, if there is one; removes a leftover temporary file.
     pub(crate) fn load(disk: &dyn Disk, dir: &Path) -> Result<Option<MetaFile>> {
-        let names = disk.list(dir).context(|| format!("listing data directory {}", dir.display()))?;
-        if names.iter().any(|name| name == TEMP_NAME) {
-            let temp = dir.join(TEMP_NAME);
-            disk.remove(&temp).context(|| format!("removing {}", temp.display()))?;
-        }
-        if !names.iter().any(|name| name == FILE_NAME) {
-            return Ok(None);
-        }
-        let path = path(dir);
-        let file = disk.open(&path, false).context(|| format!("opening {}", path.display()))?;
-        let len = file.len().context(|| format!("opening {}", path.display()))?;
-        let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(64 << 20)];
-        file.read_exact_at(&mut bytes, 0).context(|| format!("reading {}", path.display()))?;
-        MetaFile::decode(&bytes).map(Some).map_err(|reason| Error::corrupt(&path, 0, reason))
+        let Some(bytes) = read_file(disk, dir, TEMP_NAME, FILE_NAME)? else { return Ok(None) };
+        MetaFile::decode(&bytes).map(Some).map_err(|reason| Error::corrupt(path(dir), 0, reason))
     }
 
     /// Replaces the file in `dir` atomically and durably.
@@ -150,6 +138,26 @@ impl MetaFile {
         }
         replace_file(disk, dir, TEMP_NAME, FILE_NAME, self.encode())
     }
+}
+
+/// The bytes of the small file `name` in `dir` that [`replace_file`] writes, if there is one
+/// (at most 64 MiB are read); a leftover `temp_name`, a replacement that never finished, is
+/// removed.
+pub(crate) fn read_file(disk: &dyn Disk, dir: &Path, temp_name: &str, name: &str) -> Result<Option<Vec<u8>>> {
+    let names = disk.list(dir).context(|| format!("listing data directory {}", dir.display()))?;
+    if names.iter().any(|n| n == temp_name) {
+        let temp = dir.join(temp_name);
+        disk.remove(&temp).context(|| format!("removing {}", temp.display()))?;
+    }
+    if !names.iter().any(|n| n == name) {
+        return Ok(None);
+    }
+    let path = dir.join(name);
+    let file = disk.open(&path, false).context(|| format!("opening {}", path.display()))?;
+    let len = file.len().context(|| format!("opening {}", path.display()))?;
+    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(64 << 20)];
+    file.read_exact_at(&mut bytes, 0).context(|| format!("reading {}", path.display()))?;
+    Ok(Some(bytes))
 }
 
 /// Replaces the file `name` in `dir` with `bytes`, atomically and durably: written whole to

@@ -31,13 +31,12 @@ use crate::{
     appender::Message,
     entry::EntryId,
     error::{Error, IoContext, Result},
-    header::{self, FileKind},
     io::{Disk, DiskFile},
     meta::{self, MetaFile},
     record::Format,
     recovery,
     segment::{self, STORE_EXT, Segment},
-    store,
+    store::Store,
 };
 
 const MARKER: &str = "install";
@@ -239,12 +238,10 @@ impl Staging {
     pub fn begin_part(&mut self, first_index: u64) -> Result<()> {
         let shared = self.log.shared();
         let path = shared.dir.join(staged_name(first_index));
-        let what = || format!("creating {}", path.display());
-        let file = shared.disk.open(&path, true).context(what)?;
-        file.set_len(0).context(what)?;
-        let (_, written) = file.write_all_at(header::encode(FileKind::Store, first_index).to_vec(), 0);
-        written.context(what)?;
-        self.parts.push((first_index, file, store::HEADER_LEN as u64));
+        let file = shared.disk.open(&path, true).context(|| format!("creating {}", path.display()))?;
+        // A store like any other: its header, then the frames `write` appends.
+        let store = Store::create(Arc::clone(&file), &path, first_index)?;
+        self.parts.push((first_index, file, store.size()));
         Ok(())
     }
 
@@ -374,16 +371,10 @@ impl Marker {
         meta::replace_file(disk, dir, MARKER_TEMP, MARKER, self.encode())
     }
 
-    fn load(disk: &dyn Disk, dir: &Path, names: &[String]) -> Result<Option<Marker>> {
-        if !names.iter().any(|name| name == MARKER) {
-            return Ok(None);
-        }
-        let path = dir.join(MARKER);
-        let file = disk.open(&path, false).context(|| format!("opening {}", path.display()))?;
-        let len = file.len().context(|| format!("opening {}", path.display()))?;
-        let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(16 << 20)];
-        file.read_exact_at(&mut bytes, 0).context(|| format!("reading {}", path.display()))?;
-        Marker::decode(&bytes).map(Some).map_err(|reason| Error::corrupt(&path, 0, reason))
+    /// The marker in `dir`, if an install is decided there (a temporary one never was).
+    fn load(disk: &dyn Disk, dir: &Path) -> Result<Option<Marker>> {
+        let Some(bytes) = meta::read_file(disk, dir, MARKER_TEMP, MARKER)? else { return Ok(None) };
+        Marker::decode(&bytes).map(Some).map_err(|reason| Error::corrupt(dir.join(MARKER), 0, reason))
     }
 }
 
@@ -391,16 +382,11 @@ impl Marker {
 /// one; each step can be redone, so a crash anywhere here is finished by the next call.
 /// Returns whether there was one.
 pub(crate) fn finish(disk: &dyn Disk, dir: &Path) -> Result<bool> {
-    let names = disk.list(dir).context(|| format!("listing data directory {}", dir.display()))?;
-    if names.iter().any(|name| name == MARKER_TEMP) {
-        // A marker that was never renamed: the install was not decided.
-        let temp = dir.join(MARKER_TEMP);
-        disk.remove(&temp).context(|| format!("removing {}", temp.display()))?;
-    }
-    let Some(mut marker) = Marker::load(disk, dir, &names)? else { return Ok(false) };
+    let Some(mut marker) = Marker::load(disk, dir)? else { return Ok(false) };
     let sync_dir = || disk.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()));
+    let list = || disk.list(dir).context(|| format!("listing data directory {}", dir.display()));
     if !marker.wiped {
-        for name in &names {
+        for name in &list()? {
             if let Some(Ok(_)) = segment::parse_file_name(name) {
                 let path = dir.join(name);
                 disk.remove(&path).context(|| format!("removing {}", path.display()))?;
@@ -410,8 +396,7 @@ pub(crate) fn finish(disk: &dyn Disk, dir: &Path) -> Result<bool> {
         marker.wiped = true;
         marker.store(disk, dir)?;
     }
-    // Listed again: the wipe above changed the directory.
-    let names = disk.list(dir).context(|| format!("listing data directory {}", dir.display()))?;
+    let names = list()?;
     let present: BTreeSet<&str> = names.iter().map(String::as_str).collect();
     for base in &marker.bases {
         let from = dir.join(staged_name(*base));
