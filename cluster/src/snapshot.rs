@@ -64,23 +64,31 @@ pub struct SnapshotData {
     inner: Arc<Inner>,
 }
 
-enum Inner {
-    /// Built on this node: the log's entries are read as they are sent.
-    Local { state: Bytes, files: Option<Arc<LogFiles>> },
-    /// Received from a leader: the entries are staged in this node's log directory.
-    Received { state: Bytes, files: Option<FilesHead>, staging: Mutex<Option<Staging>> },
+/// The head (state, and what the entries are), kept as built or received, and where the
+/// entries are.
+struct Inner {
+    head: SnapshotHead,
+    source: Source,
+}
+
+enum Source {
+    /// Built on this node: the log's entries, read as they are sent (`None`: no entries).
+    Local(Option<Arc<LogFiles>>),
+    /// Received from a leader: the entries, staged in this node's log directory.
+    Received(Mutex<Option<Staging>>),
 }
 
 impl std::fmt::Debug for SnapshotData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &*self.inner {
-            Inner::Local { state, files } => {
-                f.debug_struct("Local").field("state_bytes", &state.len()).field("files", files).finish()
-            }
-            Inner::Received { state, files, .. } => {
-                f.debug_struct("Received").field("state_bytes", &state.len()).field("files", files).finish()
-            }
-        }
+        let source = match self.inner.source {
+            Source::Local(_) => "local",
+            Source::Received(_) => "received",
+        };
+        f.debug_struct("SnapshotData")
+            .field("source", &source)
+            .field("state_bytes", &self.inner.head.state.len())
+            .field("files", &self.inner.head.files)
+            .finish()
     }
 }
 
@@ -88,41 +96,29 @@ impl SnapshotData {
     /// The state machine's `state` and, when the log holds entries through the state's
     /// applied one, the view of them.
     pub(crate) fn local(state: Bytes, files: Option<LogFiles>) -> Self {
-        SnapshotData { inner: Arc::new(Inner::Local { state, files: files.map(Arc::new) }) }
+        let files_head = files.as_ref().map(|f| FilesHead {
+            before: f.before,
+            last: f.last,
+            next_offset: f.next_offset,
+            parts: f.parts(),
+        });
+        let head = SnapshotHead { state, files: files_head };
+        SnapshotData { inner: Arc::new(Inner { head, source: Source::Local(files.map(Arc::new)) }) }
     }
 
     /// The state machine's state, encoded.
     pub fn state(&self) -> &Bytes {
-        match &*self.inner {
-            Inner::Local { state, .. } | Inner::Received { state, .. } => state,
-        }
-    }
-
-    fn head(&self) -> SnapshotHead {
-        match &*self.inner {
-            Inner::Local { state, files } => SnapshotHead {
-                state: state.clone(),
-                files: files.as_ref().map(|f| FilesHead {
-                    before: f.before,
-                    last: f.last,
-                    next_offset: f.next_offset,
-                    parts: f.parts(),
-                }),
-            },
-            Inner::Received { state, files, .. } => {
-                SnapshotHead { state: state.clone(), files: files.clone() }
-            }
-        }
+        &self.inner.head.state
     }
 
     /// The entries' last id, if the data carries entries.
     pub fn last_entry(&self) -> Option<EntryId> {
-        self.head().files.map(|f| f.last)
+        self.inner.head.files.as_ref().map(|f| f.last)
     }
 
     /// The offset the first record after the entries gets, if the data carries entries.
     pub fn next_offset(&self) -> Option<u64> {
-        self.head().files.map(|f| f.next_offset)
+        self.inner.head.files.as_ref().map(|f| f.next_offset)
     }
 
     /// The bytes of the head and the parts, in chunks of at most `chunk_bytes`, read from the
@@ -132,13 +128,13 @@ impl SnapshotData {
         &self,
         chunk_bytes: usize,
     ) -> (u64, impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + use<>) {
-        let head = codec::encode_snapshot_head(&self.head());
+        let head = codec::encode_snapshot_head(&self.inner.head);
         let mut first = BytesMut::with_capacity(4 + head.len());
         first.extend_from_slice(&(head.len() as u32).to_le_bytes());
         first.extend_from_slice(&head);
-        let files = match &*self.inner {
-            Inner::Local { files, .. } => files.clone(),
-            Inner::Received { .. } => None,
+        let files = match &self.inner.source {
+            Source::Local(files) => files.clone(),
+            Source::Received(_) => None,
         };
         let parts = files.as_ref().map(|f| f.parts()).unwrap_or_default();
         let total = first.len() as u64 + parts.iter().map(|p| p.len).sum::<u64>();
@@ -284,8 +280,7 @@ impl Receiver {
                 ));
             }
         };
-        let inner =
-            Inner::Received { state: head.state, files: head.files, staging: Mutex::new(self.staging) };
+        let inner = Inner { head, source: Source::Received(Mutex::new(self.staging)) };
         Ok(SnapshotData { inner: Arc::new(inner) })
     }
 }
@@ -304,27 +299,27 @@ pub(crate) async fn install(data: &SnapshotData, log: &Log) -> std::io::Result<(
     if holds_last {
         return Ok(());
     }
-    match &*data.inner {
-        Inner::Received { files, staging, .. } => {
-            let files = files.clone().expect("entries come with their head");
+    let files = data.inner.head.files.clone().expect("entries come with their head");
+    match &data.inner.source {
+        Source::Received(staging) => {
             let staging = staging.lock().unwrap().take().ok_or_else(|| {
                 std::io::Error::other("this snapshot's staged entries were installed already")
             })?;
             blocking(move || staging.install(files.before, files.last, files.next_offset)).await
         }
-        Inner::Local { files, .. } => {
+        Source::Local(view) => {
             // Installing a snapshot built by another state machine in this process (tests,
             // openraft's storage suite): copy its parts through a staging.
-            let files = files.clone().expect("entries come with their view");
+            let view = view.clone().expect("entries come with their view");
             let log = log.clone();
             blocking(move || {
                 let mut staging = log.stage_install()?;
-                for (i, part) in files.parts().iter().enumerate() {
+                for (i, part) in files.parts.iter().enumerate() {
                     staging.begin_part(part.first_index)?;
                     let mut at = 0;
                     while at < part.len {
                         let mut buf = vec![0u8; (part.len - at).min(READ_CHUNK as u64) as usize];
-                        files.read(i, at, &mut buf)?;
+                        view.read(i, at, &mut buf)?;
                         staging.write(&buf)?;
                         at += buf.len() as u64;
                     }

@@ -177,9 +177,9 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
 
     let seconds = caught_up.as_secs_f64();
     let report = CatchUpReport {
-        tool: format!("ringlog-bench {}", env!("CARGO_PKG_VERSION")),
+        tool: crate::report::tool(),
         settings: args.clone(),
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus: crate::report::cpus(),
         records,
         value_bytes,
         fill_s,
@@ -200,9 +200,7 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
         received_bytes as f64 / 1e6
     );
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        crate::report::write_json(path, &report)?;
     }
     Ok(())
 }

@@ -211,17 +211,15 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     );
     if let Some(path) = &args.json {
         let report = FailoverReport {
-            tool: format!("ringlog-bench {}", env!("CARGO_PKG_VERSION")),
+            tool: crate::report::tool(),
             settings: args.clone(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: crate::report::cpus(),
             cycles,
             failover_ms,
             leader_known_ms,
             acknowledged,
         };
-        let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        crate::report::write_json(path, &report)?;
     }
     Ok(())
 }

@@ -484,15 +484,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.json {
         let report = Report {
-            tool: format!("ringlog-bench {}", env!("CARGO_PKG_VERSION")),
+            tool: report::tool(),
             settings: args.clone(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: report::cpus(),
             runs,
             ratio_to_bare: ratio,
             ratios,
         };
-        report.write(path)?;
-        println!("wrote {}", path.display());
+        report::write_json(path, &report)?;
     }
     Ok(())
 }

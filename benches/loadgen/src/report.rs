@@ -238,12 +238,22 @@ pub struct Report<S: Serialize> {
     pub ratios: Vec<Ratio>,
 }
 
-impl<S: Serialize> Report<S> {
-    /// Writes the report as pretty JSON.
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(self).context("encoding the report")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
-    }
+/// What every JSON report starts with: `ringlog-bench` and its version.
+pub fn tool() -> String {
+    format!("ringlog-bench {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// CPUs the machine offers (client and servers share them), for every JSON report.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Writes a report to `path` as pretty JSON and says so.
+pub fn write_json(path: &Path, report: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report).context("encoding the report")?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -336,7 +346,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.json");
-        report.write(&path).unwrap();
+        write_json(&path, &report).unwrap();
         let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(json["settings"]["workload"], "produce-stream");
         assert_eq!(json["runs"][1]["records"], 60);

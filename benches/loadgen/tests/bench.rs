@@ -3,18 +3,10 @@
 
 use std::process::Command;
 
+/// `ringlog-bench` with `args`, on the engine's fastest portable settings (no fsync, pwrite).
 fn bench(args: &[&str]) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_ringlog-bench"))
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .args(["--durability", "none", "--backend", "pwrite"])
-        .output()
-        .expect("run ringlog-bench");
-    assert!(output.status.success(), "ringlog-bench failed: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    let fast = ["--durability", "none", "--backend", "pwrite"];
+    bench_exactly(&args.iter().chain(&fast).copied().collect::<Vec<_>>())
 }
 
 #[test]
