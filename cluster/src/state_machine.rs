@@ -218,10 +218,16 @@ pub(crate) fn settle_pending(path: &Path, log: &ringlog_engine::Log) -> io::Resu
         log.read_entries(id.index, id.index + 1, 0).is_ok_and(|e| e.first().map(|e| e.id) == Some(id))
     });
     if installed {
-        fs::rename(&pending, path)?;
+        promote_pending(path)
     } else {
         fs::remove_file(&pending)?;
+        sync_dir(path)
     }
+}
+
+/// The pending state becomes the snapshot (durably).
+fn promote_pending(path: &Path) -> io::Result<()> {
+    fs::rename(pending_path(path), path)?;
     sync_dir(path)
 }
 
@@ -362,18 +368,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 ),
             ));
         }
-        if let Some(log) = &self.log {
-            if snapshot.last_entry().is_some() {
-                // The state waits beside the snapshot file until the entries are in.
+        match &self.log {
+            Some(log) if snapshot.last_entry().is_some() => {
+                // The state waits beside the snapshot file until the entries are in, then
+                // becomes the snapshot.
                 let (pending, pending_state) = (pending_path(&self.shared.path), state.clone());
                 TypeConfig::spawn_blocking(move || write_snapshot(&pending, &pending_state)).await??;
+                crate::snapshot::install(&snapshot, log).await?;
+                let shared = self.shared.clone();
+                let installed = state.clone();
+                TypeConfig::spawn_blocking(move || {
+                    let mut current = shared.snapshot.lock().unwrap();
+                    promote_pending(&shared.path)?;
+                    *current = Some(installed);
+                    io::Result::Ok(())
+                })
+                .await??;
             }
-            crate::snapshot::install(&snapshot, log).await?;
-        }
-        persist(&self.shared, state.clone(), true).await?;
-        let pending = pending_path(&self.shared.path);
-        if pending.exists() {
-            fs::remove_file(&pending)?;
+            _ => persist(&self.shared, state.clone(), true).await?,
         }
         let (applied, retain_from) = (state.applied, state.retain_from);
         *self.shared.state.lock().unwrap() = state;
