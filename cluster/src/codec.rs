@@ -48,7 +48,9 @@ use std::io;
 use bytes::{BufMut, Bytes, BytesMut};
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult, VoteRequest, VoteResponse,
+};
 use ringlog_engine::{EntryId, EntryKind};
 
 use crate::types::{
@@ -255,6 +257,17 @@ pub(crate) fn decode_append_response(bytes: &[u8]) -> io::Result<AppendEntriesRe
     };
     r.end()?;
     Ok(resp)
+}
+
+/// One answer of a pipelined append stream (`StreamAppend`) in the append response layout:
+/// what the receiver holds after that request is a partial success naming its last entry.
+pub(crate) fn encode_stream_append_result(result: &StreamAppendResult<TypeConfig>) -> Bytes {
+    let resp = match result {
+        Ok(matched) => AppendEntriesResponse::PartialSuccess(matched.clone()),
+        Err(StreamAppendError::Conflict(_)) => AppendEntriesResponse::Conflict,
+        Err(StreamAppendError::HigherVote(vote)) => AppendEntriesResponse::HigherVote(vote.clone()),
+    };
+    encode_append_response(&resp)
 }
 
 /// A vote (or pre-vote) request in its wire layout.

@@ -10,9 +10,14 @@
 //! [`ClusterConfig::peer_tls`] every channel speaks TLS and presents this node's certificate;
 //! the receiving server decides whether that certificate may replicate.
 //!
-//! Every call is bounded by openraft's [`RPCOption::soft_ttl`]; a full snapshot uses it per
-//! chunk (the time the receiver may take to accept the next chunk, or to answer after the
-//! last one), never for the whole transfer, so a large snapshot is not cut off half way.
+//! Replication is pipelined: openraft's request stream goes out on one `StreamAppend` call
+//! per replication session, the next request sent before the answer to the last (a follower
+//! answers after its `fsync`, so waiting would cost a round trip and an `fsync` per batch).
+//!
+//! Every call is bounded by openraft's [`RPCOption::soft_ttl`]: a `StreamAppend` per request
+//! (the oldest unanswered one may wait that long), a full snapshot per chunk (the time the
+//! receiver may take to accept the next chunk, or to answer after the last one), never for
+//! the whole transfer, so a large snapshot is not cut off half way.
 //!
 //! Errors are what openraft needs to decide what to do next, never fatal:
 //!
@@ -30,19 +35,20 @@
 //! partition between that node and the set. Tests use it; a production node holds one that is
 //! never set.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use openraft::OptionalSend;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
 };
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
@@ -51,11 +57,11 @@ use crate::codec;
 use crate::node::ClusterConfig;
 use crate::proto::raft_client::RaftClient;
 use crate::proto::{
-    Header, RaftRequest, SnapshotChunk, SnapshotStart, StatusReply, StatusRequest, snapshot_chunk,
+    Header, RaftReply, RaftRequest, SnapshotChunk, SnapshotStart, StatusReply, StatusRequest, snapshot_chunk,
 };
 use crate::snapshot::SnapshotStats;
 use crate::state_machine::{Snapshot, SnapshotData};
-use crate::types::{NodeId, Peer, TypeConfig, Vote};
+use crate::types::{LogId, NodeId, Peer, TypeConfig, Vote};
 
 /// Largest snapshot chunk sent, whatever openraft suggests: well below gRPC's usual 4 MiB
 /// message limit.
@@ -312,6 +318,66 @@ impl PeerClient {
     }
 }
 
+/// A request sent on a `StreamAppend` call and not answered yet.
+struct Unanswered {
+    prev: Option<LogId>,
+    last: Option<LogId>,
+    sent: Instant,
+}
+
+/// The answers of one `StreamAppend` call, matched with the requests they answer.
+struct Answers<'s> {
+    peer: &'s PeerClient,
+    replies: tonic::Streaming<RaftReply>,
+    unanswered: Arc<Mutex<VecDeque<Unanswered>>>,
+    ttl: Duration,
+    /// An error ended the stream.
+    done: bool,
+}
+
+impl Answers<'_> {
+    /// The next answer: `None` when the receiver ended the stream (openraft then starts a
+    /// new one for what is left unanswered).
+    async fn next(&mut self) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
+        if self.done {
+            return None;
+        }
+        let peer = self.peer;
+        let timeout = || RPCError::Timeout(peer.timeout(RPCTypes::AppendEntries, self.ttl));
+        let reply = loop {
+            if peer.faults.is_cut(peer.target) {
+                return Some(Err(RPCError::Unreachable(peer.unreachable("cut off by the fault switch"))));
+            }
+            // With nothing unanswered there is no deadline, but the switch is looked at again.
+            let oldest = self.unanswered.lock().unwrap().front().map(|u| u.sent);
+            let deadline = oldest.map_or(Instant::now(), |sent| sent) + self.ttl;
+            if oldest.is_some() && Instant::now() >= deadline {
+                return Some(Err(timeout()));
+            }
+            match tokio::time::timeout_at(deadline.into(), self.replies.next()).await {
+                Ok(reply) => break reply?,
+                Err(_elapsed) => continue,
+            }
+        };
+        let payload = match reply {
+            Ok(reply) => reply.payload,
+            Err(status) => return Some(Err(peer.status_error(RPCTypes::AppendEntries, self.ttl, &status))),
+        };
+        let Some(request) = self.unanswered.lock().unwrap().pop_front() else {
+            return Some(Err(peer.bad_reply(std::io::Error::other("an answer to no request"))));
+        };
+        let response = match codec::decode_append_response(&payload) {
+            Ok(response) => response,
+            Err(e) => return Some(Err(peer.bad_reply(e))),
+        };
+        if matches!(response, AppendEntriesResponse::Conflict) && request.prev.is_none() {
+            // Nothing comes before the first entry, so nothing can conflict there.
+            return Some(Err(peer.bad_reply(std::io::Error::other("a conflict before the first entry"))));
+        }
+        Some(Ok(response.into_stream_result(request.prev, request.last)))
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SnapshotData;
 
@@ -322,6 +388,51 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let reply = self.unary(Call::AppendEntries, codec::encode_append_request(&rpc), &option).await?;
         codec::decode_append_response(&reply).map_err(|e| self.bad_reply(e))
+    }
+
+    /// Pipelined replication on one `StreamAppend` call: each request goes out as soon as
+    /// openraft makes it, without waiting for the answer to the one before (which the
+    /// receiver gives after its `fsync`). The answers come back in order on the same HTTP/2
+    /// stream. The stream fails with [`RPCError::Timeout`] when the oldest unanswered request
+    /// has waited `soft_ttl`, and as [`RPCError::Unreachable`] once the fault switch cuts
+    /// the peer off.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.ready()?;
+            let ttl = option.soft_ttl();
+            let unanswered = Arc::new(Mutex::new(VecDeque::new()));
+            let requests = {
+                let (header, unanswered) = (self.header(), unanswered.clone());
+                // Nothing more goes out once the switch is thrown (the stream stays open for
+                // the answers, which fail in turn).
+                let (faults, target) = (self.faults.clone(), self.target);
+                input.take_while(move |_| std::future::ready(!faults.is_cut(target))).map(move |request| {
+                    let prev = request.prev_log_id.clone();
+                    let last = request.entries.last().map(|e| e.log_id.clone()).or_else(|| prev.clone());
+                    unanswered.lock().unwrap().push_back(Unanswered { prev, last, sent: Instant::now() });
+                    RaftRequest { header: Some(header.clone()), payload: codec::encode_append_request(&request) }
+                })
+            };
+            let replies = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
+                Err(_elapsed) => return Err(RPCError::Timeout(self.timeout(RPCTypes::AppendEntries, ttl))),
+                Ok(Err(status)) => return Err(self.status_error(RPCTypes::AppendEntries, ttl, &status)),
+                Ok(Ok(replies)) => replies.into_inner(),
+            };
+            let answers = Answers { peer: self, replies, unanswered, ttl, done: false };
+            let answers = futures_util::stream::unfold(answers, |mut answers| async move {
+                let answer = answers.next().await?;
+                answers.done = answer.as_ref().is_err();
+                Some((answer, answers))
+            });
+            Ok(Box::pin(answers) as BoxStream<'s, _>)
+        })
     }
 
     async fn vote(

@@ -7,12 +7,19 @@
 //! node's fault switch does not cut the sender off ([`Faults`]); then its payload is decoded
 //! with the crate's codecs and handed to openraft.
 //!
+//! Replication arrives on a `StreamAppend` stream (pipelined: the next request comes before
+//! the answer to the last), handed to openraft's `Raft::stream_append`, which answers each
+//! request in order once its entries are appended.
+//!
 //! A snapshot arrives as a stream: a start message (vote, metadata, size), then the data in
 //! chunks. The receiver checks the declared size against its limit before it takes any data,
 //! writes the log's parts to staged files as they arrive (`snapshot::Receiver`, so
 //! memory stays bounded), and refuses a stream that sends more or less than declared.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{Stream, StreamExt};
 
 use openraft::async_runtime::WatchReceiver;
 use ringlog_engine::Log;
@@ -139,6 +146,46 @@ impl RaftRpc for RaftService {
         let append = codec::decode_append_request(&request.payload).map_err(invalid)?;
         let resp = self.raft.append_entries(append).await.map_err(|e| self.stopped(e))?;
         Ok(reply(codec::encode_append_response(&resp)))
+    }
+
+    type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<RaftReply, Status>> + Send + 'static>>;
+
+    /// Hands the stream's requests to openraft as they arrive, and answers each once it is
+    /// appended (durable as the durability setting says), in order. A request that is not
+    /// admitted or does not decode ends the stream with its status after the answers to
+    /// the requests before it.
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<RaftRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let refused: Arc<Mutex<Option<Status>>> = Arc::default();
+        let requests = futures_util::stream::unfold(
+            (request.into_inner(), self.clone(), refused.clone()),
+            |(mut incoming, service, refused)| async move {
+                let admitted = match incoming.message().await {
+                    Ok(None) => return None,
+                    Ok(Some(request)) => service.admit(request.header.as_ref()).and_then(|_| {
+                        codec::decode_append_request(&request.payload).map_err(invalid)
+                    }),
+                    Err(status) => Err(status),
+                };
+                match admitted {
+                    Ok(append) => Some((append, (incoming, service, refused))),
+                    Err(status) => {
+                        *refused.lock().unwrap() = Some(status);
+                        None
+                    }
+                }
+            },
+        );
+        let id = self.id;
+        let answers = self.raft.stream_append(requests).map(move |answer| match answer {
+            Ok(result) => Ok(RaftReply { payload: codec::encode_stream_append_result(&result) }),
+            Err(fatal) => Err(Status::unavailable(format!("raft node {id} is not running: {fatal}"))),
+        });
+        let refusal = futures_util::stream::once(async move { refused.lock().unwrap().take() })
+            .filter_map(|refused| std::future::ready(refused.map(Err)));
+        Ok(Response::new(Box::pin(answers.chain(refusal))))
     }
 
     async fn install_snapshot(

@@ -38,7 +38,8 @@
 //!
 //! - **`applied_state`** returns the last applied log id and the last applied membership.
 //! - **`apply`** records each entry's log id as applied, stores a membership entry's config,
-//!   counts data entries, and answers every entry that has a responder at once.
+//!   counts data entries, and answers every entry that has a responder once the entries at
+//!   hand (a batch) are readable.
 //! - **`try_create_snapshot_builder`** always returns a builder (building is cheap), whether or
 //!   not `force` is set; the builder works on a copy of the state taken when it was created.
 //! - **`build_snapshot`** persists the snapshot before returning it, so that
@@ -54,7 +55,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -68,6 +69,10 @@ use crate::types::{Ack, Command, LogId, SnapshotMeta, StoredMembership, TypeConf
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"RLSS";
+
+/// Entries applied together at most (see `apply`): enough to make the per-batch work rare,
+/// few enough that the first client of a batch is not kept waiting for long.
+const APPLY_BATCH_MAX: usize = 1024;
 
 /// The index after `applied`: what readers may see below.
 fn next_index(applied: Option<LogId>) -> u64 {
@@ -127,6 +132,47 @@ impl StateMachine {
         if let Some(log) = &self.log {
             log.set_read_limit(next_index(applied));
         }
+    }
+
+    /// Applies the entries of `batch` (emptying it) up to the first error, which it returns:
+    /// the state moves, readers see the entries, then every responder is answered.
+    fn apply_batch(&self, batch: &mut Vec<io::Result<EntryResponder<TypeConfig>>>) -> io::Result<()> {
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut failed = Ok(());
+        let applied = {
+            let mut state = self.shared.state.lock().unwrap();
+            for item in batch.drain(..) {
+                let (entry, responder) = match item {
+                    Ok(item) => item,
+                    Err(e) => {
+                        failed = Err(e);
+                        break;
+                    }
+                };
+                state.applied = Some(entry.log_id);
+                let offset = state.records;
+                match entry.payload {
+                    EntryPayload::Normal(Command::Record(_)) => state.records += 1,
+                    EntryPayload::Normal(Command::RetainFrom(index)) if index > state.retain_from => {
+                        state.retain_from = index;
+                        self.shared.retention.send_replace(index);
+                    }
+                    EntryPayload::Normal(Command::RetainFrom(_)) => {}
+                    EntryPayload::Blank => {}
+                    EntryPayload::Membership(m) => {
+                        state.membership = StoredMembership::new(Some(entry.log_id), m);
+                    }
+                }
+                answers.extend(responder.map(|responder| (responder, Ack { offset })));
+            }
+            state.applied
+        };
+        // Readable here before the clients hear of it.
+        self.applied_moved(applied);
+        for (responder, ack) in answers {
+            responder.send(ack);
+        }
+        failed
     }
 
     /// The last applied log id: the node's high watermark in Raft terms.
@@ -316,35 +362,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: futures_util::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        while let Some(item) = entries.next().await {
-            let (entry, responder) = item?;
-            let ack = {
-                let mut state = self.shared.state.lock().unwrap();
-                state.applied = Some(entry.log_id);
-                let offset = state.records;
-                match entry.payload {
-                    EntryPayload::Normal(Command::Record(_)) => state.records += 1,
-                    EntryPayload::Normal(Command::RetainFrom(index)) if index > state.retain_from => {
-                        state.retain_from = index;
-                        self.shared.retention.send_replace(index);
-                    }
-                    EntryPayload::Normal(Command::RetainFrom(_)) => {}
-                    EntryPayload::Blank => {}
-                    EntryPayload::Membership(m) => {
-                        state.membership = StoredMembership::new(Some(entry.log_id), m);
-                    }
-                }
-                Ack { offset }
-            };
-            // Readable here before the client hears of it.
-            self.applied_moved(Some(entry.log_id));
-            if let Some(responder) = responder {
-                responder.send(ack);
+        let mut batch = Vec::new();
+        let mut ended = false;
+        while !ended {
+            match entries.next().await {
+                Some(item) => batch.push(item),
+                None => break,
             }
+            // The entries already at hand are applied together: one update of the state and
+            // one wake-up of the readers, however many entries.
+            while batch.len() < APPLY_BATCH_MAX && matches!(batch.last(), Some(Ok(_))) {
+                match entries.next().now_or_never() {
+                    Some(Some(item)) => batch.push(item),
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            self.apply_batch(&mut batch)?;
         }
         Ok(())
     }
-
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<SnapshotBuilder> {
         Some(self.builder())
     }

@@ -1,6 +1,7 @@
 //! The Raft transport on its own: how failures reach openraft (an unreachable or silent peer
 //! is an `Unreachable` or `Timeout`, never fatal), the fault switch in both directions, a
-//! snapshot of records streamed in many chunks, and the bootstrap rule.
+//! snapshot of records streamed in many chunks, pipelined appends (against a scripted peer),
+//! and the bootstrap rule.
 
 mod common;
 
@@ -12,10 +13,14 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::entry::RaftEntry;
 use openraft::error::{RPCError, ReplicationClosed};
 use openraft::network::RPCOption;
-use openraft::raft::VoteRequest;
+use futures_util::StreamExt;
+use openraft::raft::{AppendEntriesRequest, StreamAppendError, VoteRequest};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use ringlog_cluster::{Entry, Faults, Membership, Network, Peer, Record, Vote, log_id};
+use ringlog_cluster::proto::raft_server::{Raft as RaftRpc, RaftServer};
+use ringlog_cluster::proto::{RaftReply, RaftRequest, SnapshotChunk, StatusReply, StatusRequest};
 use tokio::net::TcpListener;
+use tonic::{Request, Response, Status, Streaming};
 
 fn harmless_vote(from: u64) -> VoteRequest<ringlog_cluster::TypeConfig> {
     // Term 0 is below every vote, so the receiver answers without changing anything.
@@ -173,4 +178,136 @@ async fn the_lowest_node_initializes_only_once_every_peer_answered() {
     let m = cluster.node(leader).raft().metrics().borrow_watched().clone();
     let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
     assert_eq!(voters, [1, 2, 3]);
+}
+
+/// A peer whose `StreamAppend` takes `hold` requests before it answers anything, then gives
+/// `answers` (payloads in the append response layout) in turn and keeps the stream open. It
+/// implements nothing else.
+#[derive(Clone)]
+struct ScriptedPeer {
+    hold: usize,
+    answers: Vec<Vec<u8>>,
+}
+
+type Replies = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<RaftReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RaftRpc for ScriptedPeer {
+    async fn vote(&self, _: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
+
+    async fn pre_vote(&self, _: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
+
+    async fn append_entries(&self, _: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        Err(Status::unimplemented("scripted: appends come on a stream"))
+    }
+
+    type StreamAppendStream = Replies;
+
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<RaftRequest>>,
+    ) -> Result<Response<Replies>, Status> {
+        let mut incoming = request.into_inner();
+        let script = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            for _ in 0..script.hold {
+                if incoming.message().await.ok().flatten().is_none() {
+                    return;
+                }
+            }
+            for payload in script.answers {
+                let _ = tx.send(Ok(RaftReply { payload: payload.into() })).await;
+            }
+            // Keep the stream open, reading what comes, until the client goes away.
+            while let Ok(Some(_)) = incoming.message().await {}
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn install_snapshot(
+        &self,
+        _: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftReply>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
+}
+
+/// Serves `peer` on an ephemeral port of 127.0.0.1; returns its address.
+async fn serve_scripted(peer: ScriptedPeer) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(tonic::transport::Server::builder().add_service(RaftServer::new(peer)).serve_with_incoming(incoming));
+    addr
+}
+
+/// An append of the blank entries `first..=last` of term 1 from leader 1.
+fn append(first: u64, last: u64) -> AppendEntriesRequest<ringlog_cluster::TypeConfig> {
+    let prev = first.checked_sub(1).map(|i| log_id(1, i));
+    let entries = (first..=last).map(|i| Entry::new_blank(log_id(1, i))).collect();
+    AppendEntriesRequest { vote: Vote::new_committed(1, 1), prev_log_id: prev, leader_commit: None, entries }
+}
+
+/// A partial success naming `(term 1, index)`, in the append response layout.
+fn holds(index: u64) -> Vec<u8> {
+    let mut b = vec![1, 1, 1];
+    b.extend(1u64.to_le_bytes());
+    b.extend(index.to_le_bytes());
+    b
+}
+
+#[tokio::test]
+async fn appends_are_pipelined_and_answered_in_order() {
+    // The peer answers nothing until it holds three requests: a transport that waited for an
+    // answer before sending the next request would never get one.
+    let addr = serve_scripted(ScriptedPeer { hold: 3, answers: vec![holds(2), holds(5), vec![1, 2]] }).await;
+    let network = Network::new(1, &config(), Faults::new());
+    let mut client = network.client(2, &Peer { addr });
+    let requests = futures_util::stream::iter([append(0, 2), append(3, 5), append(6, 9)]).chain(futures_util::stream::pending());
+    let mut answers = client.stream_append(Box::pin(requests), option()).await.unwrap();
+    let expected = [
+        Ok(Some(log_id(1, 2))),
+        Ok(Some(log_id(1, 5))),
+        // A conflict is reported at the request's previous entry, as openraft expects.
+        Err(StreamAppendError::Conflict(log_id(1, 5))),
+    ];
+    for expected in expected {
+        let answer = tokio::time::timeout(WAIT, answers.next()).await.expect("no answer");
+        assert_eq!(answer.expect("an answer").expect("no transport error"), expected);
+    }
+}
+
+#[tokio::test]
+async fn an_unanswered_append_times_out() {
+    let addr = serve_scripted(ScriptedPeer { hold: 1, answers: vec![] }).await;
+    let network = Network::new(1, &config(), Faults::new());
+    let mut client = network.client(2, &Peer { addr });
+    let requests = futures_util::stream::iter([append(0, 2)]).chain(futures_util::stream::pending());
+    let mut answers = client.stream_append(Box::pin(requests), option()).await.unwrap();
+    let answer = tokio::time::timeout(WAIT, answers.next()).await.expect("the stream hangs");
+    let err = answer.expect("an answer").unwrap_err();
+    assert!(matches!(err, RPCError::Timeout(_)), "{err}");
+    assert!(answers.next().await.is_none(), "the stream ends after its error");
+}
+
+#[tokio::test]
+async fn an_answer_to_no_request_is_refused() {
+    // The peer answers twice though it was sent one request.
+    let addr = serve_scripted(ScriptedPeer { hold: 1, answers: vec![holds(2), holds(2)] }).await;
+    let network = Network::new(1, &config(), Faults::new());
+    let mut client = network.client(2, &Peer { addr });
+    let requests = futures_util::stream::iter([append(0, 2)]).chain(futures_util::stream::pending());
+    let mut answers = client.stream_append(Box::pin(requests), option()).await.unwrap();
+    assert_eq!(answers.next().await.unwrap().unwrap(), Ok(Some(log_id(1, 2))));
+    let err = answers.next().await.unwrap().unwrap_err();
+    assert!(matches!(&err, RPCError::Unreachable(_)) && err.to_string().contains("no request"), "{err}");
 }
