@@ -139,7 +139,10 @@ pub struct ClusterConfig {
     /// Largest snapshot this node accepts from a leader.
     pub snapshot_bytes_max: u64,
     /// Entries in one append at most (openraft's `max_payload_entries`); it is one of the
-    /// terms of the transport's message limit ([`ClusterConfig::message_bytes_max`]).
+    /// terms of the transport's message limit ([`ClusterConfig::message_bytes_max`]). The
+    /// default takes a leader's batch of small records in one append rather than seven (every
+    /// append costs the follower a Raft round); an append's bytes stay bounded by
+    /// [`READ_BATCH_BYTES`](crate::READ_BATCH_BYTES) whatever the count.
     pub max_payload_entries: u64,
     /// Deadline for opening a connection to a peer.
     pub connect_timeout_ms: u64,
@@ -162,7 +165,7 @@ impl Default for ClusterConfig {
             install_snapshot_timeout_ms: 10_000,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_bytes_max: 64 << 20,
-            max_payload_entries: 300,
+            max_payload_entries: 2048,
             connect_timeout_ms: 1000,
             bootstrap_retry_ms: 500,
             // A record is acknowledged once a majority made it durable.
