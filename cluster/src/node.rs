@@ -136,7 +136,9 @@ pub struct ClusterConfig {
     pub install_snapshot_timeout_ms: u64,
     /// Size of one snapshot chunk (at most [`SNAPSHOT_CHUNK_BYTES_MAX`](crate::network::SNAPSHOT_CHUNK_BYTES_MAX)).
     pub snapshot_chunk_bytes: u64,
-    /// Largest snapshot this node accepts from a leader.
+    /// Largest snapshot this node accepts from a leader (`u64::MAX`: any that fits on the
+    /// disk). A snapshot is the log's segment files and goes to disk as it arrives, so memory
+    /// does not bound it; the receiver refuses one larger than the space free on its disk.
     pub snapshot_bytes_max: u64,
     /// Entries in one append at most (openraft's `max_payload_entries`); it is one of the
     /// terms of the transport's message limit ([`ClusterConfig::message_bytes_max`]). The
@@ -164,7 +166,7 @@ impl Default for ClusterConfig {
             election_timeout_max_ms: 2000,
             install_snapshot_timeout_ms: 10_000,
             snapshot_chunk_bytes: 1 << 20,
-            snapshot_bytes_max: 64 << 20,
+            snapshot_bytes_max: u64::MAX,
             max_payload_entries: 2048,
             connect_timeout_ms: 1000,
             bootstrap_retry_ms: 500,

@@ -12,9 +12,10 @@
 //! request in order once its entries are appended.
 //!
 //! A snapshot arrives as a stream: a start message (vote, metadata, size), then the data in
-//! chunks. The receiver checks the declared size against its limit before it takes any data,
-//! writes the log's parts to staged files as they arrive (`snapshot::Receiver`, so
-//! memory stays bounded), and refuses a stream that sends more or less than declared.
+//! chunks. The receiver checks the declared size against its limit and against the space free
+//! on its disk before it takes any data, writes the log's parts to staged files as they arrive
+//! (`snapshot::Receiver`, so memory stays bounded), and refuses a stream that sends more or
+//! less than declared.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -118,6 +119,12 @@ fn snapshot_error(e: &std::io::Error) -> Status {
     }
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem of `dir`.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 fn reply(payload: bytes::Bytes) -> Response<RaftReply> {
     Response::new(RaftReply { payload })
 }
@@ -206,6 +213,14 @@ impl RaftRpc for RaftService {
             return Err(invalid(format!(
                 "a snapshot of {} bytes exceeds this node's limit of {}",
                 start.data_bytes, self.snapshot_bytes_max
+            )));
+        }
+        let free = free_bytes(self.log.dir()).map_err(|e| snapshot_error(&e))?;
+        if start.data_bytes > free {
+            return Err(Status::resource_exhausted(format!(
+                "a snapshot of {} bytes does not fit in the {free} bytes free on the disk of {}",
+                start.data_bytes,
+                self.log.dir().display()
             )));
         }
         let mut receiver = Receiver::new(self.log.clone(), start.data_bytes);

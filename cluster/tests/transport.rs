@@ -1,6 +1,7 @@
 //! The Raft transport on its own: how failures reach openraft (an unreachable or silent peer
 //! is an `Unreachable` or `Timeout`, never fatal), the fault switch in both directions, a
-//! snapshot of records streamed in many chunks, pipelined appends (against a scripted peer),
+//! snapshot of records streamed in many chunks (and one too large for the disk refused),
+//! pipelined appends (against a scripted peer),
 //! and the bootstrap rule.
 
 mod common;
@@ -18,7 +19,10 @@ use openraft::raft::{AppendEntriesRequest, StreamAppendError, VoteRequest};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use ringlog_cluster::{Entry, Faults, Membership, Network, Peer, Record, Vote, log_id};
 use ringlog_cluster::proto::raft_server::{Raft as RaftRpc, RaftServer};
-use ringlog_cluster::proto::{RaftReply, RaftRequest, SnapshotChunk, StatusReply, StatusRequest};
+use ringlog_cluster::proto::raft_client::RaftClient;
+use ringlog_cluster::proto::{
+    Header, RaftReply, RaftRequest, SnapshotChunk, SnapshotStart, StatusReply, StatusRequest, snapshot_chunk,
+};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -310,4 +314,25 @@ async fn an_answer_to_no_request_is_refused() {
     assert_eq!(answers.next().await.unwrap().unwrap(), Ok(Some(log_id(1, 2))));
     let err = answers.next().await.unwrap().unwrap_err();
     assert!(matches!(&err, RPCError::Unreachable(_)) && err.to_string().contains("no request"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_the_free_disk_is_refused_before_its_data() {
+    let cluster = Cluster::start_some(3, [2]).await;
+    let mut client = RaftClient::connect(format!("http://{}", cluster.peers[&2].addr)).await.unwrap();
+    // Node 1's vote (term 1, committed) and an empty snapshot's metadata, in the codec's
+    // layouts (see `codec`), announcing more data than any disk holds.
+    let vote = [&[1u8][..], &1u64.to_le_bytes(), &1u64.to_le_bytes(), &[1]].concat();
+    let membership = [&[1u8][..], &0u32.to_le_bytes(), &0u32.to_le_bytes()].concat();
+    let meta = [&[1u8, 0, 0][..], &(membership.len() as u32).to_le_bytes(), &membership].concat();
+    let start = SnapshotStart {
+        header: Some(Header { cluster: config().cluster_name, from: 1, to: 2 }),
+        vote: vote.into(),
+        meta: meta.into(),
+        data_bytes: u64::MAX / 2,
+    };
+    let start = SnapshotChunk { kind: Some(snapshot_chunk::Kind::Start(start)) };
+    let status = client.install_snapshot(futures_util::stream::iter([start])).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("does not fit in the"), "{status:?}");
 }
