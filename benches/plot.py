@@ -278,9 +278,12 @@ def cluster(results="docs/bench/cluster-results", out="docs/bench"):
         failover_svg(failovers, os.path.join(out, "cluster-failover.svg"))
     for name, r in reports:
         if "progress" in r:
+            snapshot = r.get("snapshot_bytes")
+            rates = (f'{r["received_mb_per_s"]:.1f} MB/s of segment files ({r["received_bytes"] / 1e6:.0f} MB, '
+                     f'{snapshot / 1e6:.0f} MB of them by a snapshot)' if snapshot else
+                     f'{r["value_mb_per_s"]:.1f} MB/s of values, {r["received_mb_per_s"]:.1f} MB/s of segment files')
             print(f'\n{name}: {r["records"]} records, {r["value_bytes"] / 1e6:.0f} MB of values; caught up in '
-                  f'{r["caught_up_s"]:.2f} s (cluster add returned after {r["add_returned_s"]:.2f} s): '
-                  f'{r["value_mb_per_s"]:.1f} MB/s of values, {r["received_mb_per_s"]:.1f} MB/s of segment files'
+                  f'{r["caught_up_s"]:.2f} s (cluster add returned after {r["add_returned_s"]:.2f} s): ' + rates
                   + (f'; filled at {r["value_bytes"] / r["fill_s"] / 1e6:.1f} MB/s' if r.get("fill_s") else ""))
 
 

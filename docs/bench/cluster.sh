@@ -31,5 +31,8 @@ for i in 1 2 3; do
     $bench catch-up --megabytes 200 --json "$out/catch-up-200mb-$i.json"
 done
 $bench catch-up --megabytes 1000 --json "$out/catch-up-1000mb.json"
+# C5b: the same through a snapshot of segment files: 1000 MB written with 600 MB retention
+# (16 MiB segments), so that the new node cannot get the start of the log by appends.
+$bench catch-up --megabytes 1000 --retention-megabytes 600 --json "$out/catch-up-snapshot-1000mb.json"
 
 python3 benches/plot.py cluster "$out" docs/bench

@@ -9,9 +9,12 @@
 //! (it returns once the node is a voter and caught up). The rate is the records' value
 //! bytes, and the new node's log directory's bytes, over that time.
 //!
-//! Without retention the leader's log is whole, so today the new node gets every entry by
-//! AppendEntries; a log whose start retention removed would send segment files as a
-//! snapshot instead, which this does not reach.
+//! Without retention the leader's log is whole, so the new node gets every entry by
+//! AppendEntries. With `--retention-megabytes` the nodes run with that byte retention (and
+//! `--segment-megabytes` segments, so that retention has whole segments to delete); the bench
+//! waits until the start of the log is gone (a Consume at offset 0 is `OUT_OF_RANGE`), and
+//! the new node then receives the leader's segment files as a snapshot, streamed and
+//! installed, and the entries after it by AppendEntries. The report says which it was.
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +33,9 @@ use crate::{
 
 /// The bound on the whole catch-up.
 const CATCH_UP_MAX: Duration = Duration::from_secs(600);
+
+/// The bound on waiting for retention to delete the start of the log.
+const RETENTION_WAIT_MAX: Duration = Duration::from_secs(120);
 
 /// Arguments of `ringlog-bench catch-up`.
 #[derive(Clone, Debug, clap::Args, Serialize)]
@@ -53,6 +59,13 @@ pub struct CatchUpArgs {
     /// `ringlog serve --raft-election-timeout-ms`
     #[arg(long, default_value_t = 1000)]
     raft_election_timeout_ms: u64,
+    /// Run the nodes with `--retention-bytes` of this many 10^6 bytes, so that the new node
+    /// catches up by a snapshot of segment files
+    #[arg(long, value_name = "MB")]
+    retention_megabytes: Option<u64>,
+    /// With `--retention-megabytes`: the nodes' `--segment-bytes`, in MiB
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    segment_megabytes: u64,
     /// Where the nodes' temporary directory goes [default: the system's]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -81,7 +94,8 @@ struct CatchUpReport {
     caught_up_s: f64,
     /// From the add to `ringlog cluster add` returning.
     add_returned_s: f64,
-    /// `value_bytes / caught_up_s`, 10^6 bytes per second.
+    /// `value_bytes / caught_up_s`, 10^6 bytes per second (every record written, also those
+    /// that retention deleted before the add: `received_mb_per_s` is the rate then).
     value_mb_per_s: f64,
     /// Bytes of the new node's segment store files once caught up (each entry's frame:
     /// header, Raft metadata, value).
@@ -90,6 +104,8 @@ struct CatchUpReport {
     received_mb_per_s: f64,
     /// The new node's applied index over time: (seconds since the add, index).
     progress: Vec<(f64, u64)>,
+    /// Bytes of the snapshot the new node installed, if it got one (from its log).
+    snapshot_bytes: Option<u64>,
 }
 
 /// Runs `ringlog-bench catch-up`.
@@ -97,6 +113,16 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.record_bytes >= 1 && args.batch >= 1, "--record-bytes and --batch must be positive");
     let mut flags = vec!["--durability".to_owned(), crate::value_name(&args.durability)];
     flags.extend(crate::raft_flags(args.raft_heartbeat_ms, args.raft_election_timeout_ms));
+    if let Some(megabytes) = args.retention_megabytes {
+        flags.extend([
+            "--retention-bytes".to_owned(),
+            (megabytes * 1_000_000).to_string(),
+            "--segment-bytes".to_owned(),
+            (args.segment_megabytes << 20).to_string(),
+            "--retention-check-interval".to_owned(),
+            "200ms".to_owned(),
+        ]);
+    }
     let spec = ClusterSpec { nodes: 3, flags, parent_dir: args.data_dir.clone() };
     let mut cluster = Cluster::start(spec).await?;
     let leader = cluster.leader().await?;
@@ -113,6 +139,10 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
     load::prefill(client, records, args.record_bytes, args.batch).await.context("filling the cluster")?;
     let fill_s = filling.elapsed().as_secs_f64();
     println!("filled in {fill_s:.2} s ({:.1} MB/s)", value_bytes as f64 / fill_s / 1e6);
+
+    if args.retention_megabytes.is_some() {
+        wait_for_retention(&cluster, leader).await?;
+    }
 
     let joiner = cluster.spawn_joiner().await?;
     let target_index = cluster.status(leader).await?.last_index;
@@ -173,6 +203,7 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
         },
     };
     let received_bytes = store_bytes(&cluster.data_dir(joiner))?;
+    let snapshot_bytes = installed_snapshot_bytes(&cluster.log_text(joiner));
     drop(cluster);
 
     let seconds = caught_up.as_secs_f64();
@@ -190,6 +221,7 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
         received_bytes,
         received_mb_per_s: received_bytes as f64 / seconds / 1e6,
         progress,
+        snapshot_bytes,
     };
     println!(
         "caught up in {:.2} s (cluster add returned after {:.2} s): {:.1} MB/s of values, {:.1} MB/s of log files ({:.0} MB received)",
@@ -199,10 +231,39 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
         report.received_mb_per_s,
         received_bytes as f64 / 1e6
     );
+    match snapshot_bytes {
+        Some(bytes) => println!("by a snapshot of {:.0} MB of segment files, then appends", bytes as f64 / 1e6),
+        None => println!("by appends only (no snapshot)"),
+    }
     if let Some(path) = &args.json {
         crate::report::write_json(path, &report)?;
     }
     Ok(())
+}
+
+/// Waits until retention has removed the start of the leader's log: a Consume at offset 0 is
+/// answered `OUT_OF_RANGE`.
+async fn wait_for_retention(cluster: &Cluster, leader: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut client = load::connect(&cluster.addr(leader).to_string()).await?;
+    loop {
+        let request = ringlog_service::proto::ConsumeRequest { offset: 0, max_records: 1 };
+        match client.consume(request).await {
+            Err(status) if status.code() == tonic::Code::OutOfRange => return Ok(()),
+            _ if started.elapsed() > RETENTION_WAIT_MAX => {
+                anyhow::bail!("retention removed nothing within {RETENTION_WAIT_MAX:?}:\n{}", cluster.logs())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The bytes of the snapshot a node's log says it installed (`installing a snapshot`, with
+/// `bytes=N` as text or `"bytes":N` as JSON, the nodes' format when not on a terminal), if any.
+fn installed_snapshot_bytes(log: &str) -> Option<u64> {
+    let line = log.lines().find(|line| line.contains("installing a snapshot"))?;
+    let (_, after) = line.split_once("bytes=").or_else(|| line.split_once("\"bytes\":"))?;
+    after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// A child process that is killed and reaped when dropped (when a wait fails, too).
@@ -229,4 +290,19 @@ fn store_bytes(dir: &Path) -> anyhow::Result<u64> {
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_size_is_read_from_the_install_line() {
+        let log = "2026-11-26T10:00:00Z  INFO ringlog_cluster::node: raft node started node=4\n\
+                   2026-11-26T10:00:01Z  INFO ringlog_cluster::raft_service: installing a snapshot node=4 from=1 meta=x bytes=104857600\n";
+        assert_eq!(installed_snapshot_bytes(log), Some(104_857_600));
+        let json = r#"{"level":"INFO","fields":{"message":"installing a snapshot","node":4,"bytes":20185772},"target":"t"}"#;
+        assert_eq!(installed_snapshot_bytes(json), Some(20_185_772));
+        assert_eq!(installed_snapshot_bytes("INFO raft node started node=4\n"), None);
+    }
 }

@@ -185,6 +185,11 @@ impl Cluster {
         self.nodes.iter().filter(|n| n.pid().is_some()).map(Node::cpu_time).sum()
     }
 
+    /// Everything node `i` has logged.
+    pub fn log_text(&self, i: usize) -> String {
+        self.nodes[i].log_text()
+    }
+
     /// The tail of every node's log, for error messages.
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|n| format!("--- node {} ---\n{}\n", n.spec.id, n.log_tail())).collect()

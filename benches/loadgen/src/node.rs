@@ -172,6 +172,11 @@ impl Node {
         }
     }
 
+    /// Everything the node has logged (its stdout and stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
     /// The last lines of the node's log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
