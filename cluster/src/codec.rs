@@ -49,7 +49,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use ringlog_engine::{EntryId, EntryKind};
 
@@ -263,9 +264,9 @@ pub(crate) fn decode_append_response(bytes: &[u8]) -> io::Result<AppendEntriesRe
 /// what the receiver holds after that request is a partial success naming its last entry.
 pub(crate) fn encode_stream_append_result(result: &StreamAppendResult<TypeConfig>) -> Bytes {
     let resp = match result {
-        Ok(matched) => AppendEntriesResponse::PartialSuccess(matched.clone()),
+        Ok(matched) => AppendEntriesResponse::PartialSuccess(*matched),
         Err(StreamAppendError::Conflict(_)) => AppendEntriesResponse::Conflict,
-        Err(StreamAppendError::HigherVote(vote)) => AppendEntriesResponse::HigherVote(vote.clone()),
+        Err(StreamAppendError::HigherVote(vote)) => AppendEntriesResponse::HigherVote(*vote),
     };
     encode_append_response(&resp)
 }

@@ -38,17 +38,19 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use openraft::OptionalSend;
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
-use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2, stream_append_sequential};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
@@ -205,6 +207,7 @@ impl Network {
             faults: self.faults.clone(),
             client,
             snapshots: self.snapshots.clone(),
+            sequential_appends: AtomicBool::new(false),
         }
     }
 }
@@ -230,6 +233,9 @@ pub struct PeerClient {
     faults: Faults,
     client: Result<RaftClient<Channel>, Arc<str>>,
     snapshots: Arc<SnapshotStats>,
+    /// The peer does not know `StreamAppend` (an older version, during a rolling upgrade):
+    /// appends go one `AppendEntries` call at a time.
+    sequential_appends: AtomicBool,
 }
 
 /// The unary calls of `raft.v1.Raft`.
@@ -311,6 +317,18 @@ impl PeerClient {
         }
     }
 
+    /// A `StreamAppend` refused (or ended) with `status`. A peer that does not know the call
+    /// gets appends one call at a time from now on (openraft starts the session again).
+    fn stream_refused(&self, ttl: Duration, status: &Status) -> RPCError<TypeConfig> {
+        if status.code() == Code::Unimplemented && !self.sequential_appends.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                peer = self.target,
+                "peer has no StreamAppend (an older version): appending one call at a time"
+            );
+        }
+        self.status_error(RPCTypes::AppendEntries, ttl, status)
+    }
+
     /// A reply that does not decode: the peer speaks another layout. Backing off is all a
     /// retry could achieve.
     fn bad_reply(&self, e: std::io::Error) -> RPCError<TypeConfig> {
@@ -318,11 +336,16 @@ impl PeerClient {
     }
 }
 
+/// Requests a `StreamAppend` call has sent and not had answered, at most.
+const PIPELINE_DEPTH: usize = 8;
+
 /// A request sent on a `StreamAppend` call and not answered yet.
 struct Unanswered {
     prev: Option<LogId>,
     last: Option<LogId>,
     sent: Instant,
+    /// Its place among the `PIPELINE_DEPTH`, given back with the answer.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The answers of one `StreamAppend` call, matched with the requests they answer.
@@ -333,6 +356,14 @@ struct Answers<'s> {
     ttl: Duration,
     /// An error ended the stream.
     done: bool,
+    /// Ends the requests.
+    stop: futures_util::stream::AbortHandle,
+}
+
+impl Drop for Answers<'_> {
+    fn drop(&mut self) {
+        self.stop.abort();
+    }
 }
 
 impl Answers<'_> {
@@ -348,6 +379,10 @@ impl Answers<'_> {
             if peer.faults.is_cut(peer.target) {
                 return Some(Err(RPCError::Unreachable(peer.unreachable("cut off by the fault switch"))));
             }
+            // An answer already here counts, however late this task runs.
+            if let Some(reply) = self.replies.next().now_or_never() {
+                break reply?;
+            }
             // With nothing unanswered there is no deadline, but the switch is looked at again.
             let oldest = self.unanswered.lock().unwrap().front().map(|u| u.sent);
             let deadline = oldest.map_or(Instant::now(), |sent| sent) + self.ttl;
@@ -361,7 +396,7 @@ impl Answers<'_> {
         };
         let payload = match reply {
             Ok(reply) => reply.payload,
-            Err(status) => return Some(Err(peer.status_error(RPCTypes::AppendEntries, self.ttl, &status))),
+            Err(status) => return Some(Err(peer.stream_refused(self.ttl, &status))),
         };
         let Some(request) = self.unanswered.lock().unwrap().pop_front() else {
             return Some(Err(peer.bad_reply(std::io::Error::other("an answer to no request"))));
@@ -370,9 +405,19 @@ impl Answers<'_> {
             Ok(response) => response,
             Err(e) => return Some(Err(peer.bad_reply(e))),
         };
-        if matches!(response, AppendEntriesResponse::Conflict) && request.prev.is_none() {
+        match &response {
             // Nothing comes before the first entry, so nothing can conflict there.
-            return Some(Err(peer.bad_reply(std::io::Error::other("a conflict before the first entry"))));
+            AppendEntriesResponse::Conflict if request.prev.is_none() => {
+                return Some(Err(peer.bad_reply(std::io::Error::other("a conflict before the first entry"))));
+            }
+            // The receiver names what it holds after each request: exactly the request's
+            // last entry (an answer matched to the wrong request would show here).
+            AppendEntriesResponse::PartialSuccess(held) if *held == request.last => {}
+            AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => {}
+            other => {
+                let why = format!("answer {other} to the append of {:?}..={:?}", request.prev, request.last);
+                return Some(Err(peer.bad_reply(std::io::Error::other(why))));
+            }
         }
         Some(Ok(response.into_stream_result(request.prev, request.last)))
     }
@@ -400,35 +445,72 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         &'s mut self,
         input: S,
         option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
+        if self.sequential_appends.load(Ordering::Relaxed) {
+            return stream_append_sequential(self, input, option);
+        }
         Box::pin(async move {
             let mut client = self.ready()?;
             let ttl = option.soft_ttl();
             let unanswered = Arc::new(Mutex::new(VecDeque::new()));
+            // At most PIPELINE_DEPTH requests wait for answers: the follower takes them all off
+            // the connection at once (openraft queues up to 64), so a slow follower never
+            // fills the connection's HTTP/2 window, which its heartbeats share.
+            let depth = Arc::new(tokio::sync::Semaphore::new(PIPELINE_DEPTH));
+            // The requests stop when the answers are dropped (openraft ended the session):
+            // otherwise the body would go on taking openraft's requests for a stream nobody
+            // reads (and hold openraft's replication state while it waits for them).
+            let (stop, stopped) = futures_util::stream::AbortHandle::new_pair();
             let requests = {
                 let (header, unanswered) = (self.header(), unanswered.clone());
                 // Nothing more goes out once the switch is thrown (the stream stays open for
                 // the answers, which fail in turn).
                 let (faults, target) = (self.faults.clone(), self.target);
-                input.take_while(move |_| std::future::ready(!faults.is_cut(target))).map(move |request| {
-                    let prev = request.prev_log_id.clone();
-                    let last = request.entries.last().map(|e| e.log_id.clone()).or_else(|| prev.clone());
-                    unanswered.lock().unwrap().push_back(Unanswered { prev, last, sent: Instant::now() });
-                    RaftRequest { header: Some(header.clone()), payload: codec::encode_append_request(&request) }
-                })
+                let requests = input.take_while(move |_| std::future::ready(!faults.is_cut(target))).then(
+                    move |request| {
+                        let (header, unanswered, depth) = (header.clone(), unanswered.clone(), depth.clone());
+                        async move {
+                            let permit = depth.acquire_owned().await.expect("the semaphore is never closed");
+                            let prev = request.prev_log_id;
+                            let last =
+                                request.entries.last().map(|e| e.log_id).or(prev);
+                            let sent = Instant::now();
+                            unanswered.lock().unwrap().push_back(Unanswered {
+                                prev,
+                                last,
+                                sent,
+                                _permit: permit,
+                            });
+                            RaftRequest {
+                                header: Some(header),
+                                payload: codec::encode_append_request(&request),
+                            }
+                        }
+                    },
+                );
+                futures_util::stream::Abortable::new(requests, stopped)
             };
             let replies = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
                 Err(_elapsed) => return Err(RPCError::Timeout(self.timeout(RPCTypes::AppendEntries, ttl))),
-                Ok(Err(status)) => return Err(self.status_error(RPCTypes::AppendEntries, ttl, &status)),
+                Ok(Err(status)) => return Err(self.stream_refused(ttl, &status)),
                 Ok(Ok(replies)) => replies.into_inner(),
             };
-            let answers = Answers { peer: self, replies, unanswered, ttl, done: false };
+            let answers = Answers { peer: self, replies, unanswered, ttl, done: false, stop };
             let answers = futures_util::stream::unfold(answers, |mut answers| async move {
                 let answer = answers.next().await?;
-                answers.done = answer.as_ref().is_err();
+                if answer.is_err() {
+                    answers.done = true;
+                    answers.stop.abort();
+                }
                 Some((answer, answers))
             });
             Ok(Box::pin(answers) as BoxStream<'s, _>)

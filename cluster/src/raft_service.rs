@@ -119,6 +119,10 @@ fn snapshot_error(e: &std::io::Error) -> Status {
     }
 }
 
+/// Free disk a snapshot must leave, so that the log can still write after the install (and
+/// other writers get a little room while it arrives).
+const SNAPSHOT_DISK_HEADROOM: u64 = 64 << 20;
+
 /// Bytes an unprivileged writer may still use on the filesystem of `dir`.
 fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
     let stat = rustix::fs::statvfs(dir)?;
@@ -171,9 +175,9 @@ impl RaftRpc for RaftService {
             |(mut incoming, service, refused)| async move {
                 let admitted = match incoming.message().await {
                     Ok(None) => return None,
-                    Ok(Some(request)) => service.admit(request.header.as_ref()).and_then(|_| {
-                        codec::decode_append_request(&request.payload).map_err(invalid)
-                    }),
+                    Ok(Some(request)) => service
+                        .admit(request.header.as_ref())
+                        .and_then(|_| codec::decode_append_request(&request.payload).map_err(invalid)),
                     Err(status) => Err(status),
                 };
                 match admitted {
@@ -216,9 +220,9 @@ impl RaftRpc for RaftService {
             )));
         }
         let free = free_bytes(self.log.dir()).map_err(|e| snapshot_error(&e))?;
-        if start.data_bytes > free {
+        if start.data_bytes.saturating_add(SNAPSHOT_DISK_HEADROOM) > free {
             return Err(Status::resource_exhausted(format!(
-                "a snapshot of {} bytes does not fit in the {free} bytes free on the disk of {}",
+                "a snapshot of {} bytes does not fit in the {free} bytes free on the disk of {} (with {SNAPSHOT_DISK_HEADROOM} to spare for the log's next writes)",
                 start.data_bytes,
                 self.log.dir().display()
             )));

@@ -9,20 +9,20 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, WAIT, config};
+use futures_util::StreamExt;
 use openraft::RaftNetworkV2;
 use openraft::async_runtime::WatchReceiver;
 use openraft::entry::RaftEntry;
 use openraft::error::{RPCError, ReplicationClosed};
 use openraft::network::RPCOption;
-use futures_util::StreamExt;
 use openraft::raft::{AppendEntriesRequest, StreamAppendError, VoteRequest};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-use ringlog_cluster::{Entry, Faults, Membership, Network, Peer, Record, Vote, log_id};
-use ringlog_cluster::proto::raft_server::{Raft as RaftRpc, RaftServer};
 use ringlog_cluster::proto::raft_client::RaftClient;
+use ringlog_cluster::proto::raft_server::{Raft as RaftRpc, RaftServer};
 use ringlog_cluster::proto::{
     Header, RaftReply, RaftRequest, SnapshotChunk, SnapshotStart, StatusReply, StatusRequest, snapshot_chunk,
 };
+use ringlog_cluster::{Entry, Faults, Membership, Network, Peer, Record, Vote, log_id};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -187,10 +187,12 @@ async fn the_lowest_node_initializes_only_once_every_peer_answered() {
 /// A peer whose `StreamAppend` takes `hold` requests before it answers anything, then gives
 /// `answers` (payloads in the append response layout) in turn and keeps the stream open. It
 /// implements nothing else.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct ScriptedPeer {
     hold: usize,
     answers: Vec<Vec<u8>>,
+    /// An older version: no `StreamAppend`, and this answer to every `AppendEntries`.
+    unary_only: Option<Vec<u8>>,
 }
 
 type Replies = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<RaftReply, Status>> + Send>>;
@@ -206,7 +208,10 @@ impl RaftRpc for ScriptedPeer {
     }
 
     async fn append_entries(&self, _: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        Err(Status::unimplemented("scripted: appends come on a stream"))
+        match &self.unary_only {
+            Some(answer) => Ok(Response::new(RaftReply { payload: answer.clone().into() })),
+            None => Err(Status::unimplemented("scripted: appends come on a stream")),
+        }
     }
 
     type StreamAppendStream = Replies;
@@ -215,6 +220,9 @@ impl RaftRpc for ScriptedPeer {
         &self,
         request: Request<Streaming<RaftRequest>>,
     ) -> Result<Response<Replies>, Status> {
+        if self.unary_only.is_some() {
+            return Err(Status::unimplemented("scripted: an older version"));
+        }
         let mut incoming = request.into_inner();
         let script = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -250,7 +258,9 @@ async fn serve_scripted(peer: ScriptedPeer) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(tonic::transport::Server::builder().add_service(RaftServer::new(peer)).serve_with_incoming(incoming));
+    tokio::spawn(
+        tonic::transport::Server::builder().add_service(RaftServer::new(peer)).serve_with_incoming(incoming),
+    );
     addr
 }
 
@@ -273,10 +283,16 @@ fn holds(index: u64) -> Vec<u8> {
 async fn appends_are_pipelined_and_answered_in_order() {
     // The peer answers nothing until it holds three requests: a transport that waited for an
     // answer before sending the next request would never get one.
-    let addr = serve_scripted(ScriptedPeer { hold: 3, answers: vec![holds(2), holds(5), vec![1, 2]] }).await;
+    let addr = serve_scripted(ScriptedPeer {
+        hold: 3,
+        answers: vec![holds(2), holds(5), vec![1, 2]],
+        ..Default::default()
+    })
+    .await;
     let network = Network::new(1, &config(), Faults::new());
     let mut client = network.client(2, &Peer { addr });
-    let requests = futures_util::stream::iter([append(0, 2), append(3, 5), append(6, 9)]).chain(futures_util::stream::pending());
+    let requests = futures_util::stream::iter([append(0, 2), append(3, 5), append(6, 9)])
+        .chain(futures_util::stream::pending());
     let mut answers = client.stream_append(Box::pin(requests), option()).await.unwrap();
     let expected = [
         Ok(Some(log_id(1, 2))),
@@ -292,7 +308,7 @@ async fn appends_are_pipelined_and_answered_in_order() {
 
 #[tokio::test]
 async fn an_unanswered_append_times_out() {
-    let addr = serve_scripted(ScriptedPeer { hold: 1, answers: vec![] }).await;
+    let addr = serve_scripted(ScriptedPeer { hold: 1, ..Default::default() }).await;
     let network = Network::new(1, &config(), Faults::new());
     let mut client = network.client(2, &Peer { addr });
     let requests = futures_util::stream::iter([append(0, 2)]).chain(futures_util::stream::pending());
@@ -306,7 +322,9 @@ async fn an_unanswered_append_times_out() {
 #[tokio::test]
 async fn an_answer_to_no_request_is_refused() {
     // The peer answers twice though it was sent one request.
-    let addr = serve_scripted(ScriptedPeer { hold: 1, answers: vec![holds(2), holds(2)] }).await;
+    let addr =
+        serve_scripted(ScriptedPeer { hold: 1, answers: vec![holds(2), holds(2)], ..Default::default() })
+            .await;
     let network = Network::new(1, &config(), Faults::new());
     let mut client = network.client(2, &Peer { addr });
     let requests = futures_util::stream::iter([append(0, 2)]).chain(futures_util::stream::pending());
@@ -335,4 +353,54 @@ async fn a_snapshot_larger_than_the_free_disk_is_refused_before_its_data() {
     let status = client.install_snapshot(futures_util::stream::iter([start])).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("does not fit in the"), "{status:?}");
+}
+
+#[tokio::test]
+async fn an_answer_naming_another_entry_is_refused() {
+    // The append of 0..=2 answered as if it were the append of 0..=3.
+    let addr = serve_scripted(ScriptedPeer { hold: 1, answers: vec![holds(3)], ..Default::default() }).await;
+    let network = Network::new(1, &config(), Faults::new());
+    let mut client = network.client(2, &Peer { addr });
+    let requests = futures_util::stream::iter([append(0, 2)]).chain(futures_util::stream::pending());
+    let mut answers = client.stream_append(Box::pin(requests), option()).await.unwrap();
+    let err = answers.next().await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, RPCError::Unreachable(_)) && err.to_string().contains("to the append of"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_requests_stop_when_the_answers_are_dropped() {
+    let addr = serve_scripted(ScriptedPeer { hold: 1, answers: vec![holds(2)], ..Default::default() }).await;
+    let network = Network::new(1, &config(), Faults::new());
+    let mut client = network.client(2, &Peer { addr });
+    let (requests, input) = tokio::sync::mpsc::channel(4);
+    requests.send(append(0, 2)).await.unwrap();
+    let input = Box::pin(tokio_stream::wrappers::ReceiverStream::new(input));
+    let mut answers = client.stream_append(input, option()).await.unwrap();
+    assert_eq!(answers.next().await.unwrap().unwrap(), Ok(Some(log_id(1, 2))));
+    // openraft ends the session: the transport must let go of its request stream, or it would
+    // go on taking requests meant for the next session.
+    drop(answers);
+    tokio::time::timeout(WAIT, requests.closed()).await.expect("the request stream is still taken from");
+}
+
+#[tokio::test]
+async fn a_peer_without_stream_append_gets_one_append_at_a_time() {
+    // An older version answers StreamAppend with UNIMPLEMENTED: the first session fails, and
+    // the next ones use AppendEntries (a partial success naming index 2, which is where
+    // the request ends).
+    let addr = serve_scripted(ScriptedPeer { unary_only: Some(holds(2)), ..Default::default() }).await;
+    let network = Network::new(1, &config(), Faults::new());
+    let mut client = network.client(2, &Peer { addr });
+    let requests = futures_util::stream::iter([append(0, 2)]);
+    match client.stream_append(Box::pin(requests), option()).await {
+        Err(RPCError::Unreachable(_)) => {}
+        other => panic!("the first session: {:?}", other.err()),
+    }
+    let requests = futures_util::stream::iter([append(0, 2)]);
+    let mut answers = client.stream_append(Box::pin(requests), option()).await.unwrap();
+    assert_eq!(answers.next().await.unwrap().unwrap(), Ok(Some(log_id(1, 2))));
+    assert!(answers.next().await.is_none());
 }

@@ -268,24 +268,37 @@ fn batch_size(request: &ProduceRequest) -> (usize, u64) {
 /// appended unless every record passes.
 fn values(request: ProduceRequest, record_bytes_max: u32) -> Result<Vec<Bytes>, Status> {
     let mut values = Vec::with_capacity(usize::from(request.record.is_some()) + request.records.len());
+    push_values(request, record_bytes_max, &mut values)?;
+    Ok(values)
+}
+
+/// Checks a produce request's records against the size limit and appends their values to
+/// `values` (which a stream's batch shares, so no vector per request); returns how many.
+/// Nothing is added unless every record passes.
+fn push_values(
+    request: ProduceRequest,
+    record_bytes_max: u32,
+    values: &mut Vec<Bytes>,
+) -> Result<u64, Status> {
     let check = |field: &dyn Fn() -> String, value: &Bytes| {
         if value.len() > record_bytes_max as usize {
             return Err(status::record_too_large(&field(), value.len(), record_bytes_max));
         }
         Ok(())
     };
-    if let Some(record) = request.record {
+    if let Some(record) = &request.record {
         check(&|| "record.value".to_owned(), &record.value)?;
-        values.push(record.value);
     }
-    for (i, record) in request.records.into_iter().enumerate() {
+    for (i, record) in request.records.iter().enumerate() {
         check(&|| format!("records[{i}].value"), &record.value)?;
-        values.push(record.value);
     }
-    if values.is_empty() {
+    let before = values.len();
+    values.extend(request.record.map(|r| r.value));
+    values.extend(request.records.into_iter().map(|r| r.value));
+    if values.len() == before {
         return Err(status::missing_record());
     }
-    Ok(values)
+    Ok((values.len() - before) as u64)
 }
 
 /// Reads the response to a ConsumeRequest at `offset`; returns it and its record count.
@@ -509,15 +522,12 @@ impl ProducePump {
         usize,
         Option<Status>,
     ) {
-        let mut values = Vec::new();
+        let mut values = Vec::with_capacity(requests.len());
         let mut counts = Vec::with_capacity(requests.len());
         let mut refused = None;
         for request in requests {
-            match self::values(request, self.limits.record_bytes_max) {
-                Ok(more) => {
-                    counts.push(more.len() as u64);
-                    values.extend(more);
-                }
+            match push_values(request, self.limits.record_bytes_max, &mut values) {
+                Ok(count) => counts.push(count),
                 Err(status) => {
                     refused = Some(status);
                     break;

@@ -232,7 +232,9 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<()> {
         received_bytes as f64 / 1e6
     );
     match snapshot_bytes {
-        Some(bytes) => println!("by a snapshot of {:.0} MB of segment files, then appends", bytes as f64 / 1e6),
+        Some(bytes) => {
+            println!("by a snapshot of {:.0} MB of segment files, then appends", bytes as f64 / 1e6)
+        }
         None => println!("by appends only (no snapshot)"),
     }
     if let Some(path) = &args.json {
