@@ -481,8 +481,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                         async move {
                             let permit = depth.acquire_owned().await.expect("the semaphore is never closed");
                             let prev = request.prev_log_id;
-                            let last =
-                                request.entries.last().map(|e| e.log_id).or(prev);
+                            let last = request.entries.last().map(|e| e.log_id).or(prev);
                             let sent = Instant::now();
                             unanswered.lock().unwrap().push_back(Unanswered {
                                 prev,
