@@ -3,7 +3,7 @@
 # `ringlog serve` processes on 127.0.0.1 (the `ringlog` binary built next to ringlog-bench,
 # data in fresh temporary directories on the system's temp filesystem), measures, and kills
 # them, also when it fails. JSON goes to docs/bench/cluster-results; benches/plot.py turns it
-# into the tables and SVGs. About 6 minutes on the 2-core VM. CARGO_TARGET_DIR is honoured.
+# into the tables and SVGs. About 9 minutes on the 2-core VM. CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --bin ringlog --bin ringlog-bench
@@ -34,5 +34,12 @@ $bench catch-up --megabytes 1000 --json "$out/catch-up-1000mb.json"
 # C5b: the same through a snapshot of segment files: 1000 MB written with 600 MB retention
 # (16 MiB segments), so that the new node cannot get the start of the log by appends.
 $bench catch-up --megabytes 1000 --retention-megabytes 600 --json "$out/catch-up-snapshot-1000mb.json"
+# C6: what mutual TLS costs (node and cluster, plaintext and --tls alternating).
+for server in node cluster; do
+    for tls in "" --tls; do
+        $bench --workload produce-stream --record-bytes 100 --duration 3s --repeat 2 --server $server $tls --json "$out/tls-$server${tls:+-tls}-100.json"
+        $bench --workload produce-batched --record-bytes 1024 --batch 100 --connections 2 --duration 3s --repeat 2 --server $server $tls --json "$out/tls-$server${tls:+-tls}-1k.json"
+    done
+done
 
 python3 benches/plot.py cluster "$out" docs/bench

@@ -210,7 +210,7 @@ fn peers(addrs: &[SocketAddr]) -> String {
 
 /// A connection to `addr` that fails fast when nothing listens there.
 pub async fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
-    Channel::from_shared(format!("http://{addr}"))?
+    crate::tls::endpoint(&addr.to_string())?
         .connect_timeout(PROBE_TIMEOUT)
         .tcp_nodelay(true)
         .connect()

@@ -26,7 +26,7 @@ use ringlog_service::{
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{
     cluster::{Cluster, ClusterSpec, PROBE_TIMEOUT, WAIT},
@@ -369,7 +369,7 @@ async fn pause(stop: &mut tokio::sync::watch::Receiver<bool>) {
 /// A client whose connection is made on first use and remade after failures; connecting to
 /// a killed node fails within [`PROBE_TIMEOUT`].
 fn lazy_client(addr: SocketAddr) -> anyhow::Result<LogClient<Channel>> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+    let channel = crate::tls::endpoint(&addr.to_string())?
         .connect_timeout(PROBE_TIMEOUT)
         .tcp_nodelay(true)
         .connect_lazy();

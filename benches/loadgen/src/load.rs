@@ -56,13 +56,11 @@ impl Tally {
 /// One plaintext HTTP/2 connection to a loopback server, with message limits that fit any
 /// record.
 pub async fn connect(addr: &str) -> anyhow::Result<LogClient<Channel>> {
-    let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-    let channel = Channel::from_shared(url.clone())
-        .with_context(|| format!("`{addr}` is not a server address"))?
+    let channel = crate::tls::endpoint(addr)?
         .tcp_nodelay(true)
         .connect()
         .await
-        .with_context(|| format!("connecting to {url}"))?;
+        .with_context(|| format!("connecting to {addr}"))?;
     let limit = message_bytes_max(u32::MAX);
     Ok(LogClient::new(channel).max_decoding_message_size(limit).max_encoding_message_size(limit))
 }

@@ -33,6 +33,7 @@ mod load;
 mod node;
 mod report;
 mod schedule;
+mod tls;
 
 use std::{
     net::SocketAddr,
@@ -192,6 +193,15 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = DurabilityMode::Interval)]
     #[serde(serialize_with = "serialize_debug")]
     durability: DurabilityMode,
+    /// `ringlog serve` processes (`--server node` or `cluster`) serve with mutual TLS, the
+    /// bench's clients present a certificate, and a cluster's nodes dial one another over TLS
+    /// (certificates from `ringlog certs`)
+    #[arg(long)]
+    tls: bool,
+    /// The `ringlog serve` flags `--tls` adds (set when the run starts).
+    #[arg(skip)]
+    #[serde(skip)]
+    tls_flags: Vec<String>,
     /// ringlog (in-process or `ringlog serve` processes): append backend
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     #[serde(serialize_with = "serialize_debug")]
@@ -321,6 +331,11 @@ impl BenchArgs {
             "--connections and --streams must be at least 1"
         );
         anyhow::ensure!(self.repeat >= 1, "--repeat must be at least 1");
+        anyhow::ensure!(
+            !self.tls
+                || (self.addr.is_none() && matches!(self.server, ServerChoice::Node | ServerChoice::Cluster)),
+            "--tls measures `ringlog serve` processes: use it with --server node or --server cluster"
+        );
         anyhow::ensure!(self.batch.is_none_or(|b| (1..=1000).contains(&b)), "--batch must be 1 to 1000");
         anyhow::ensure!(self.rate.is_none_or(|r| r > 0), "--rate must be positive");
         if self.workload == Workload::ConsumeStream {
@@ -375,6 +390,7 @@ impl BenchArgs {
         if cluster {
             flags.extend(raft_flags(self.raft_heartbeat_ms, self.raft_election_timeout_ms));
         }
+        flags.extend(self.tls_flags.iter().cloned());
         flags
     }
 
@@ -429,15 +445,21 @@ impl Target {
 }
 
 /// Runs the measurement `args` asks for.
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     args.check()?;
+    // Kept until the run ends: the nodes read their certificates from it.
+    let certs = tempfile::tempdir().context("a directory for certificates")?;
+    if args.tls {
+        args.tls_flags = tls::enable(&node::ringlog_binary()?, certs.path())?;
+    }
     let client = client_runtime()?;
     println!(
-        "{:?}: {} connection(s) x {} stream(s), {} B records{}{}",
+        "{:?}: {} connection(s) x {} stream(s), {} B records{}{}{}",
         args.workload,
         args.connections,
         args.streams,
         args.record_bytes,
+        if args.tls { ", mutual TLS" } else { "" },
         args.rate.map(|r| format!(", open loop at {r} records/s")).unwrap_or_default(),
         if args.workload == Workload::Mixed {
             format!(", {} followers", args.followers)

@@ -127,3 +127,21 @@ fn catch_up_adds_a_fourth_node_that_receives_the_whole_log() {
     let progress = report["progress"].as_array().unwrap();
     assert!(progress.last().unwrap()[1].as_u64().unwrap() >= report["target_index"].as_u64().unwrap());
 }
+
+#[test]
+fn a_cluster_with_mutual_tls_takes_every_record() {
+    let report = bench(&["--workload", "produce-stream", "--records", "300", "--server", "cluster", "--tls"]);
+    assert_eq!(report["settings"]["tls"], true);
+    assert_eq!(report["runs"][0]["server"], "cluster");
+    assert_eq!(report["runs"][0]["records"], 300);
+
+    // The in-process servers have no TLS: the bench says so rather than fail to connect.
+    let refused = Command::new(env!("CARGO_BIN_EXE_ringlog-bench"))
+        .args(["--server", "both", "--tls"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("use it with --server node or --server cluster")
+    );
+}
