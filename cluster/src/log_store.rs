@@ -270,8 +270,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.io_completed(Ok(()));
             return Ok(());
         };
-        let pristine = self.log.meta().purged.is_none() && last_entry_id(&self.log)?.is_none();
-        if pristine && first.index > self.log.next_index() {
+        // Only an append past the next index asks whether the log is pristine (a disk read).
+        if first.index > self.log.next_index()
+            && self.log.meta().purged.is_none()
+            && last_entry_id(&self.log)?.is_none()
+        {
             // A log that never held anything asked to start above its next index. openraft
             // never does this (a follower that installs a snapshot purges up to it first), but
             // the storage suite does (it appends index 1 or 2 to a fresh log). Everything below

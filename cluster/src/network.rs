@@ -368,11 +368,20 @@ impl Drop for Answers<'_> {
 
 impl Answers<'_> {
     /// The next answer: `None` when the receiver ended the stream (openraft then starts a
-    /// new one for what is left unanswered).
+    /// new one for what is left unanswered) or after an error, which also ends the requests.
     async fn next(&mut self) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
         if self.done {
             return None;
         }
+        let answer = self.receive().await;
+        if matches!(answer, Some(Err(_))) {
+            self.done = true;
+            self.stop.abort();
+        }
+        answer
+    }
+
+    async fn receive(&mut self) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
         let peer = self.peer;
         let timeout = || RPCError::Timeout(peer.timeout(RPCTypes::AppendEntries, self.ttl));
         let reply = loop {
@@ -385,10 +394,10 @@ impl Answers<'_> {
             }
             // With nothing unanswered there is no deadline, but the switch is looked at again.
             let oldest = self.unanswered.lock().unwrap().front().map(|u| u.sent);
-            let deadline = oldest.map_or(Instant::now(), |sent| sent) + self.ttl;
-            if oldest.is_some() && Instant::now() >= deadline {
+            if oldest.is_some_and(|sent| sent.elapsed() >= self.ttl) {
                 return Some(Err(timeout()));
             }
+            let deadline = oldest.unwrap_or_else(Instant::now) + self.ttl;
             match tokio::time::timeout_at(deadline.into(), self.replies.next()).await {
                 Ok(reply) => break reply?,
                 Err(_elapsed) => continue,
@@ -505,12 +514,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             };
             let answers = Answers { peer: self, replies, unanswered, ttl, done: false, stop };
             let answers = futures_util::stream::unfold(answers, |mut answers| async move {
-                let answer = answers.next().await?;
-                if answer.is_err() {
-                    answers.done = true;
-                    answers.stop.abort();
-                }
-                Some((answer, answers))
+                answers.next().await.map(|answer| (answer, answers))
             });
             Ok(Box::pin(answers) as BoxStream<'s, _>)
         })

@@ -55,7 +55,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -134,14 +134,14 @@ impl StateMachine {
         }
     }
 
-    /// Applies the entries of `batch` (emptying it) up to the first error, which it returns:
-    /// the state moves, readers see the entries, then every responder is answered.
-    fn apply_batch(&self, batch: &mut Vec<io::Result<EntryResponder<TypeConfig>>>) -> io::Result<()> {
+    /// Applies the entries of `batch` up to the first error, which it returns: the state
+    /// moves, readers see the entries, then every responder is answered.
+    fn apply_batch(&self, batch: Vec<io::Result<EntryResponder<TypeConfig>>>) -> io::Result<()> {
         let mut answers = Vec::with_capacity(batch.len());
         let mut failed = Ok(());
         let applied = {
             let mut state = self.shared.state.lock().unwrap();
-            for item in batch.drain(..) {
+            for item in batch {
                 let (entry, responder) = match item {
                     Ok(item) => item,
                     Err(e) => {
@@ -358,30 +358,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((state.applied, state.membership.clone()))
     }
 
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    async fn apply<Strm>(&mut self, entries: Strm) -> io::Result<()>
     where
         Strm: futures_util::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        let mut batch = Vec::new();
-        let mut ended = false;
-        while !ended {
-            match entries.next().await {
-                Some(item) => batch.push(item),
-                None => break,
-            }
-            // The entries already at hand are applied together: one update of the state and
-            // one wake-up of the readers, however many entries.
-            while batch.len() < APPLY_BATCH_MAX && matches!(batch.last(), Some(Ok(_))) {
-                match entries.next().now_or_never() {
-                    Some(Some(item)) => batch.push(item),
-                    Some(None) => {
-                        ended = true;
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            self.apply_batch(&mut batch)?;
+        // The entries already at hand are applied together: one update of the state and one
+        // wake-up of the readers, however many entries.
+        let mut batches = entries.ready_chunks(APPLY_BATCH_MAX);
+        while let Some(batch) = batches.next().await {
+            self.apply_batch(batch)?;
         }
         Ok(())
     }

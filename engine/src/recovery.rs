@@ -324,13 +324,13 @@ fn recover_segment(
             let valid = index.valid_prefix(store_len);
             (index, Some(valid))
         }
-        // An installed snapshot's segments come without indexes: building them is routine.
-        None if index_file.len().unwrap_or(1) == 0 => {
-            info!(file = %index_path.display(), "building a segment's missing index");
-            (Index::create(index_file, &index_path, base, capacity)?, None)
-        }
         None => {
-            warn!(file = %index_path.display(), "rebuilding an index with an invalid header");
+            // An installed snapshot's segments come without indexes: building them is routine.
+            if index_file.len().unwrap_or(1) == 0 {
+                info!(file = %index_path.display(), "building a segment's missing index");
+            } else {
+                warn!(file = %index_path.display(), "rebuilding an index with an invalid header");
+            }
             (Index::create(index_file, &index_path, base, capacity)?, None)
         }
     };

@@ -16,15 +16,14 @@
 //! behind it catches up by a snapshot of segment files. Each node still seals its own idle
 //! segment (`--segment-age`), which changes no content.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use ringlog_engine::{Log, Retention};
-
-use crate::cluster::Replica;
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::cluster::Replica;
 
 /// What retention keeps, and how often it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,10 +41,16 @@ pub struct RetentionPolicy {
 /// Applies `policy` to `log` once; returns the number of segments deleted. It does disk IO:
 /// call it off the async runtime.
 pub fn apply(log: &Log, policy: &RetentionPolicy) -> ringlog_engine::Result<usize> {
-    if let Some(age) = policy.segment_age {
-        log.roll_if_older(age)?;
+    seal_idle(log, policy)?;
+    log.apply_retention(policy.limits())
+}
+
+/// Seals `log`'s active segment when it is older than the policy's segment age.
+fn seal_idle(log: &Log, policy: &RetentionPolicy) -> ringlog_engine::Result<()> {
+    match policy.segment_age {
+        Some(age) => log.roll_if_older(age),
+        None => Ok(()),
     }
-    log.apply_retention(Retention { max_bytes: policy.max_bytes, max_age: policy.max_age })
 }
 
 impl RetentionPolicy {
@@ -90,11 +95,9 @@ pub(crate) async fn run(
 
 /// One check on a cluster node: seal its idle segment, and on the leader decide.
 async fn decide(log: &Log, replica: &Replica, policy: &RetentionPolicy) {
-    if let Some(age) = policy.segment_age {
-        let target = log.clone();
-        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || target.roll_if_older(age)).await {
-            warn!(%error, "sealing an idle segment failed; it tries again at the next check");
-        }
+    let (target, sealing) = (log.clone(), *policy);
+    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || seal_idle(&target, &sealing)).await {
+        warn!(%error, "sealing an idle segment failed; it tries again at the next check");
     }
     match replica.node().retain(policy.limits()).await {
         Ok(Some(index)) => {

@@ -258,7 +258,8 @@ impl Server {
         }
         if replica.is_some() && policy.client_cert_required && policy.acl.is_none() {
             warn!(
-                "a cluster with mutual TLS and no ACL: any client whose certificate chains to the CA may                  call the Raft service; an ACL with `replicate` for the nodes' subjects limits it to them"
+                "a cluster with mutual TLS and no ACL: any client whose certificate chains to the CA may \
+                 call the Raft service; an ACL with `replicate` for the nodes' subjects limits it to them"
             );
         }
         let limit = message_bytes_max(log.config().record_bytes_max);

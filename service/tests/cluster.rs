@@ -468,6 +468,26 @@ async fn lowest_served(cluster: &Cluster, i: usize) -> u64 {
     }
 }
 
+/// Waits until nodes `0..nodes` serve from one lowest offset, at least `at_least`; returns it.
+async fn same_lowest(cluster: &Cluster, nodes: usize, at_least: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + cluster_harness::WAIT;
+    loop {
+        let mut seen = Vec::new();
+        for i in 0..nodes {
+            seen.push(lowest_served(cluster, i).await);
+        }
+        if seen[0] >= at_least && seen.iter().all(|&l| l == seen[0]) {
+            return seen[0];
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lowest offsets per node {seen:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(cluster_harness::POLL).await;
+    }
+}
+
 /// Retention in a cluster of real processes: with `--retention-bytes`, the leader decides
 /// and every node deletes the same prefix; a fourth node added afterwards with `ringlog
 /// cluster add` receives the leader's segment files by snapshot and serves the same records
@@ -493,22 +513,7 @@ async fn retention_deletes_the_same_prefix_everywhere_and_a_new_node_joins_by_sn
         }
 
         // Every node deletes below the same decided index (about 400 KB written, 64 KiB kept).
-        let deadline = tokio::time::Instant::now() + cluster_harness::WAIT;
-        let lowest = loop {
-            let mut seen = Vec::new();
-            for i in 0..3 {
-                seen.push(lowest_served(&cluster, i).await);
-            }
-            if seen[0] > 0 && seen.iter().all(|&l| l == seen[0]) {
-                break seen[0];
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "lowest offsets per node {seen:?}\n{}",
-                cluster.logs()
-            );
-            tokio::time::sleep(cluster_harness::POLL).await;
-        };
+        let lowest = same_lowest(&cluster, 3, 1).await;
         assert!(lowest > next / 2, "most of the log was deleted: lowest {lowest}");
 
         // A new node joins behind the deleted prefix.
@@ -524,22 +529,7 @@ async fn retention_deletes_the_same_prefix_everywhere_and_a_new_node_joins_by_sn
         cluster.wait_committed(new, next - 1).await;
         // Retention may still be finishing (each check decides on the leader's log as it is):
         // the four nodes converge on one lowest offset and serve the same records above it.
-        let deadline = tokio::time::Instant::now() + cluster_harness::WAIT;
-        let settled = loop {
-            let mut seen = Vec::new();
-            for i in 0..4 {
-                seen.push(lowest_served(&cluster, i).await);
-            }
-            if seen.iter().all(|&l| l == seen[0]) {
-                break seen[0];
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "lowest offsets per node {seen:?}\n{}",
-                cluster.logs()
-            );
-            tokio::time::sleep(cluster_harness::POLL).await;
-        };
+        let settled = same_lowest(&cluster, 4, 0).await;
         assert!(settled >= lowest);
         for i in 0..4 {
             let mut client = cluster.client(i).await;

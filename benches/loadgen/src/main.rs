@@ -237,16 +237,13 @@ fn kill_nodes_when_interrupted() {
         eprintln!("ringlog-bench: interrupted; killed the ringlog serve processes it started");
         std::process::exit(130)
     };
+    let unguarded = |error: std::io::Error| {
+        eprintln!("ringlog-bench: no signal listener ({error}): an interrupted run may leave nodes running")
+    };
     let listener = std::thread::Builder::new().name("bench-signals".into()).spawn(move || {
-        if let Err(error) = listen() {
-            eprintln!(
-                "ringlog-bench: no signal listener ({error}): an interrupted run may leave nodes running"
-            );
-        }
+        listen().unwrap_or_else(unguarded);
     });
-    if let Err(error) = listener {
-        eprintln!("ringlog-bench: no signal listener ({error}): an interrupted run may leave nodes running");
-    }
+    listener.map_or_else(unguarded, drop);
 }
 
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -448,8 +445,8 @@ impl Target {
 pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     args.check()?;
     // Kept until the run ends: the nodes read their certificates from it.
-    let certs = tempfile::tempdir().context("a directory for certificates")?;
-    if args.tls {
+    let certs = args.tls.then(tempfile::tempdir).transpose().context("a directory for certificates")?;
+    if let Some(certs) = &certs {
         args.tls_flags = tls::enable(&node::ringlog_binary()?, certs.path())?;
     }
     let client = client_runtime()?;

@@ -128,10 +128,9 @@ impl std::fmt::Debug for LogFiles {
 /// [`Log::stage_install`].
 pub struct Staging {
     log: Log,
-    /// The staged parts so far: first index and the open file with its length.
+    /// The staged parts so far: first index and the open file with its length (emptied by
+    /// the commit, when the files become the install's).
     parts: Vec<(u64, Arc<dyn DiskFile>, u64)>,
-    /// Committed: the files belong to the install now.
-    installed: bool,
 }
 
 impl Drop for Staging {
@@ -139,10 +138,8 @@ impl Drop for Staging {
     /// snapshot openraft did not need, or one that failed).
     fn drop(&mut self) {
         let shared = self.log.shared();
-        if !self.installed {
-            for (first, _, _) in &self.parts {
-                let _ = shared.disk.remove(&shared.dir.join(staged_name(*first)));
-            }
+        for (first, _, _) in &self.parts {
+            let _ = shared.disk.remove(&shared.dir.join(staged_name(*first)));
         }
         shared.staging.store(false, std::sync::atomic::Ordering::Release);
     }
@@ -219,7 +216,7 @@ impl Log {
             return Err(Error::Snapshot("another snapshot is being staged".into()));
         }
         // From here the flag is the new staging's: dropping it releases the flag.
-        let staging = Staging { log: self.clone(), parts: Vec::new(), installed: false };
+        let staging = Staging { log: self.clone(), parts: Vec::new() };
         let (disk, dir) = (shared.disk.as_ref(), shared.dir.as_path());
         let names = disk.list(dir).context(|| format!("listing data directory {}", dir.display()))?;
         if names.iter().any(|name| name == MARKER) {
@@ -300,7 +297,6 @@ impl Staging {
         let bases = self.parts.iter().map(|(first, _, _)| *first).collect();
         let marker =
             Marker { wiped: false, before, gaps_below: first - first_offset, next: expected, bases, gaps };
-        self.installed = true;
         self.parts.clear();
         marker.store(disk, dir)?;
         drop(self);
