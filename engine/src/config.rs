@@ -79,6 +79,16 @@ pub struct Config {
     /// falls out of the CPU caches before the kernel copies it, and appends get slower
     /// (measured with `benches/examples/append_profile.rs`).
     pub batch_bytes_max: usize,
+    /// With `None` and `Interval` durability: each time this many bytes have been appended
+    /// since the last start, start writing them to the disk in the background
+    /// (`sync_file_range`, on the syncer's thread). The disk then works while the log
+    /// appends, so the next `fdatasync` (an interval's, a roll's, [`Log::sync`]'s, the
+    /// close's) has little left to wait for, and the page cache never holds much dirty log.
+    /// Acknowledgements do not change: nothing is durable before a sync. `0` leaves
+    /// writeback to the kernel. (`Always` syncs every group at once and ignores it.)
+    ///
+    /// [`Log::sync`]: crate::Log::sync
+    pub writeback_bytes: u64,
 }
 
 impl Default for Config {
@@ -93,6 +103,7 @@ impl Default for Config {
             on_corruption: OnCorruption::Fail,
             verify_on_open: false,
             batch_bytes_max: 1 << 20,
+            writeback_bytes: 256 << 10,
         }
     }
 }

@@ -48,7 +48,7 @@ mod store;
 pub use config::{Backend, Config, Durability, OnCorruption};
 pub use entry::{Entry, EntryId, EntryKind};
 pub use error::{Error, Result};
-pub use io::{SimDisk, SimFault};
+pub use io::{SimDisk, SimFault, SimWriteback};
 pub use log::{
     AppendFuture, AppendTicket, BatchLimits, FilePart, Log, LogFiles, LogReader, Published, PublishedFuture,
     Retention, SYNC_LATENCY_BOUNDS_US, Staging, Stats,

@@ -112,7 +112,7 @@ impl Segment {
         index: u64,
         max_entries: usize,
         max_bytes: usize,
-        each: &mut dyn FnMut(Entry),
+        each: &mut impl FnMut(Entry),
     ) -> Result<u32> {
         let published = self.index.len();
         let first = u32::try_from(index - self.base).expect("index within the segment");

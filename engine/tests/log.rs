@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{fixtures, index_name, store_name, value};
-use ringlog_engine::{Config, Error, Log, Retention};
+use ringlog_engine::{Config, Durability, Error, Log, Retention};
 
 /// Store limit that fits exactly three 11-byte records (header 32 + 3 * (32 + 11)).
 const THREE_HELLOS: u64 = 32 + 3 * 43;
@@ -545,5 +545,66 @@ fn a_blocking_append_never_overtakes_records_queued_before_it() {
             }
         });
         assert_eq!(log.next_offset(), 4 * 200 * 3, "[{}]", f.name);
+    }
+}
+
+/// `writeback_bytes`: with `None` and `Interval` durability the appender starts the
+/// writeback of a store each time that many more bytes of it are written, in whole 64 KiB
+/// blocks it has written, from the segment's start on (what is left for a sync is less
+/// than `writeback_bytes` and a block); with `Always`, which syncs every group, none.
+#[test]
+fn writeback_starts_after_every_writeback_bytes_in_whole_blocks_already_written() {
+    const BLOCK: u64 = 64 << 10;
+    let every = 2 * BLOCK;
+    let hour_ms = 3_600_000;
+    for durability in
+        [Durability::None, Durability::Interval { interval_ms: hour_ms, bytes: u64::MAX }, Durability::Always]
+    {
+        for f in fixtures(|c| {
+            c.durability = durability;
+            c.writeback_bytes = every;
+            c.store_bytes_max = 1 << 20;
+        }) {
+            let log = f.open();
+            let batch = vec![Bytes::from(vec![7u8; 1000]); 10];
+            for _ in 0..300 {
+                log.append_batch(batch.clone()).unwrap();
+            }
+            assert_eq!(log.read(2999).unwrap().value, batch[0], "[{}]", f.name);
+            log.close().unwrap();
+            let Some(sim) = f.sim() else { continue };
+            let writebacks = sim.writebacks();
+            if durability == Durability::Always {
+                assert_eq!(writebacks, [], "[{durability:?}]");
+                continue;
+            }
+            let stores: Vec<u64> = f
+                .file_names()
+                .iter()
+                .filter(|name| name.ends_with(".store"))
+                .map(|name| f.read_file(name).len() as u64)
+                .collect();
+            assert!(stores.len() >= 3, "[{durability:?}] {} segments", stores.len());
+            // Each store's writebacks run from 0 without a gap; the next store starts at 0.
+            let mut ranges = writebacks.iter().peekable();
+            for (segment, len) in stores.iter().enumerate() {
+                let mut end = 0;
+                while let Some(w) = ranges.next_if(|w| w.from == end) {
+                    assert_eq!(
+                        (w.from % BLOCK, w.to % BLOCK),
+                        (0, 0),
+                        "[{durability:?}] {w:?} not in blocks"
+                    );
+                    assert!(w.to - w.from >= every, "[{durability:?}] {w:?} shorter than writeback_bytes");
+                    assert!(w.to <= w.file_len, "[{durability:?}] {w:?} past what was written");
+                    end = w.to;
+                }
+                assert!(
+                    end + every + BLOCK > *len,
+                    "[{durability:?}] segment {segment}: writeback up to {end} of {len} bytes"
+                );
+            }
+            assert_eq!(ranges.next(), None, "[{durability:?}] writebacks beyond the segments");
+        }
     }
 }

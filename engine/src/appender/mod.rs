@@ -42,7 +42,7 @@ mod syncer;
 
 use completion::{Ack, Written};
 pub(crate) use completion::{Done, DurableCallback, Message, OffsetSender, Payload, Request};
-use syncer::{SyncJob, run_syncer, spawn_guarded, sync_file};
+use syncer::{SyncJob, spawn_guarded, spawn_syncer, start_writeback, sync_file};
 
 use std::{
     sync::{
@@ -230,7 +230,14 @@ pub(crate) struct Appender {
     stopped: bool,
     syncer: Option<(mpsc::Sender<SyncJob>, thread::JoinHandle<()>)>,
     unsynced_bytes: u64,
+    /// Where the next writeback starts: a segment's base index and a byte of its store.
+    writeback_from: (u64, u64),
 }
+
+/// Writeback starts and ends on multiples of this, so that it never covers the page the
+/// appender writes next (a page under writeback can make a write to it wait, on devices
+/// that need stable pages); 64 KiB is a whole number of pages on every Linux platform.
+const WRITEBACK_ALIGN: u64 = 64 << 10;
 
 /// The longest the appender, out of work, waits actively for the next request before it
 /// blocks. Parking and being woken costs tens of microseconds on a virtual machine (an idle
@@ -387,14 +394,7 @@ impl Appender {
     pub(crate) fn spawn(shared: Arc<Shared>, last_term: u64) -> std::io::Result<AppenderLink> {
         let syncer = match shared.config.durability {
             Durability::None => None,
-            durability => {
-                let (tx, jobs) = mpsc::channel();
-                let syncer_shared = Arc::clone(&shared);
-                let handle = spawn_guarded("ringlog-syncer", &shared, move || {
-                    run_syncer(&syncer_shared, &jobs, durability)
-                })?;
-                Some((tx, handle))
-            }
+            _ => Some(spawn_syncer(&shared)?),
         };
         let next = shared.next_index.load(Ordering::Acquire);
         let appender = Appender {
@@ -407,6 +407,7 @@ impl Appender {
             stopped: false,
             syncer,
             unsynced_bytes: 0,
+            writeback_from: (0, 0),
         };
         let (tx, rx) = mpsc::channel();
         Ok(AppenderLink {
@@ -611,7 +612,36 @@ impl Appender {
         segment.store.set_size(flight.position + flight.len);
         self.publish(flight.len, u64::from(flight.entries), flight.next);
         self.acknowledge(flight.written, segment);
+        self.writeback(segment);
         Ok(())
+    }
+
+    /// Starts the writeback of the store's newly written bytes once `writeback_bytes` of
+    /// them have piled up (see `Config::writeback_bytes`): on the syncer's thread where
+    /// there is one (`Interval`), so that appends never wait for it; with `None`, here.
+    fn writeback(&mut self, segment: &Arc<Segment>) {
+        let every = self.shared.config.writeback_bytes;
+        if every == 0 || self.shared.config.durability == Durability::Always {
+            return;
+        }
+        let end = segment.size() / WRITEBACK_ALIGN * WRITEBACK_ALIGN;
+        let from = match self.writeback_from {
+            // A truncation may have cut the store below where the last writeback ended.
+            (base, from) if base == segment.base() => from.min(end),
+            _ => 0,
+        };
+        self.writeback_from = (segment.base(), from);
+        if end - from < every {
+            return;
+        }
+        let (file, path) = (Arc::clone(segment.store.file()), segment.store.path().into());
+        match &self.syncer {
+            Some((jobs, _)) => {
+                let _ = jobs.send(SyncJob::Writeback { file, path, from, to: end });
+            }
+            None => start_writeback(file.as_ref(), &path, from, end),
+        }
+        self.writeback_from = (segment.base(), end);
     }
 
     /// Turns a failed write into the error callers see: a full disk is cut back and

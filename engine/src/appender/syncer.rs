@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::error;
+use tracing::{debug, error};
 
 use super::completion::Ack;
 use crate::{
@@ -86,16 +86,40 @@ pub(crate) fn sync_file(shared: &Shared, file: &dyn DiskFile, path: &Path, upto:
     }
 }
 
+/// Starts writing `[from, to)` of `file` to the disk ([`DiskFile::start_writeback`]).
+pub(super) fn start_writeback(file: &dyn DiskFile, path: &Path, from: u64, to: u64) {
+    if let Err(error) = file.start_writeback(from, to) {
+        // Only a hint: the next fdatasync writes these bytes and reports any failure.
+        debug!(%error, file = %path.display(), from, to, "starting writeback failed");
+    }
+}
+
 /// Work for the syncer thread.
 pub(super) enum SyncJob {
     /// Sync `file` so that indexes below `upto` are durable, then complete `waiters`.
     Sync { file: Arc<dyn DiskFile>, path: Arc<Path>, upto: u64, waiters: Vec<Ack> },
+    /// Start writing `[from, to)` of `file` to the disk, without waiting (see
+    /// `Config::writeback_bytes`).
+    Writeback { file: Arc<dyn DiskFile>, path: Arc<Path>, from: u64, to: u64 },
     /// Answered once every job sent before it is done.
     Drained(oneshot::Sender<()>),
 }
 
-/// The syncer thread: makes written entries durable while the appender keeps writing.
-pub(super) fn run_syncer(shared: &Shared, jobs: &Receiver<SyncJob>, durability: Durability) {
+/// Starts the syncer's thread.
+pub(super) fn spawn_syncer(
+    shared: &Arc<Shared>,
+) -> std::io::Result<(std::sync::mpsc::Sender<SyncJob>, thread::JoinHandle<()>)> {
+    let (tx, jobs) = std::sync::mpsc::channel();
+    let durability = shared.config.durability;
+    let syncer_shared = Arc::clone(shared);
+    let handle =
+        spawn_guarded("ringlog-syncer", shared, move || run_syncer(&syncer_shared, &jobs, durability))?;
+    Ok((tx, handle))
+}
+
+/// The syncer thread: makes written entries durable while the appender keeps writing, and
+/// starts the writeback of what it wrote.
+fn run_syncer(shared: &Shared, jobs: &Receiver<SyncJob>, durability: Durability) {
     let interval = match durability {
         Durability::Interval { interval_ms, .. } => Some(Duration::from_millis(interval_ms)),
         _ => None,
@@ -139,10 +163,12 @@ pub(super) fn run_syncer(shared: &Shared, jobs: &Receiver<SyncJob>, durability: 
 /// waiters: with success only if every sync succeeded.
 fn sync_batch(shared: &Shared, batch: Vec<SyncJob>) {
     let mut files: Vec<(Arc<dyn DiskFile>, Arc<Path>, u64)> = Vec::new();
+    let mut writebacks = Vec::new();
     let mut waiters = Vec::new();
     let mut drained = Vec::new();
     for job in batch {
         match job {
+            SyncJob::Writeback { file, path, from, to } => writebacks.push((file, path, from, to)),
             SyncJob::Sync { file, path, upto, waiters: acks } => {
                 waiters.extend(acks);
                 match files.iter_mut().find(|(known, ..)| Arc::ptr_eq(known, &file)) {
@@ -152,6 +178,13 @@ fn sync_batch(shared: &Shared, batch: Vec<SyncJob>) {
             }
             SyncJob::Drained(reply) => drained.push(reply),
         }
+    }
+    for (file, path, from, to) in writebacks {
+        // A file synced below does not need it, nor does a poisoned log.
+        if shared.poison.get().is_some() || files.iter().any(|(synced, ..)| Arc::ptr_eq(synced, &file)) {
+            continue;
+        }
+        start_writeback(file.as_ref(), &path, from, to);
     }
     let mut result = Ok(());
     for (file, path, upto) in &files {

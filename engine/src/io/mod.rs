@@ -16,7 +16,7 @@ pub(crate) mod uring;
 
 use std::{fmt, fs::File, io, os::unix::fs::FileExt, path::Path, sync::Arc};
 
-pub use sim::{SimDisk, SimFault};
+pub use sim::{SimDisk, SimFault, SimWriteback};
 
 /// A directory of files, as the log sees it.
 pub(crate) trait Disk: Send + Sync + fmt::Debug {
@@ -78,12 +78,34 @@ pub(crate) trait DiskFile: Send + Sync {
     /// write cached and clean: reads see data that is not on the disk, and a later
     /// `fdatasync` succeeds without writing it.
     fn drop_clean_pages(&self) {
-        use std::os::fd::AsRawFd;
         if let Some(file) = self.std_file() {
-            // SAFETY: posix_fadvise reads no memory of ours: it takes a descriptor, which
-            // stays open while `file` is borrowed, and three integers. It is only advice.
-            let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
         }
+    }
+    /// Starts writing the file's dirty pages in `[from, to)` to the disk and returns
+    /// without waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that a later
+    /// `fdatasync` has less left to write. Nothing becomes durable by it. A writeback error
+    /// it leads to is reported by the next `fdatasync` on this file: Linux records it for
+    /// every open file, and only the waiting flags of `sync_file_range` would consume it.
+    /// The simulated disk only records it: in its model any unsynced page may or may not
+    /// have reached the disk already.
+    fn start_writeback(&self, from: u64, to: u64) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if let Some(file) = self.std_file() {
+            use std::os::fd::AsRawFd;
+            let (from, len) = (from as libc::off64_t, to.saturating_sub(from) as libc::off64_t);
+            // SAFETY: sync_file_range reads no memory of ours: it takes a descriptor, which
+            // stays open while `file` is borrowed, and three integers. (No maintained crate
+            // wraps it: rustix and nix do not.)
+            let done =
+                unsafe { libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE) };
+            if done != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (from, to);
+        Ok(())
     }
     /// Stores `bytes` at `pos` the way a store through a shared memory map does: into the
     /// page cache, with no system call that could fail. Only files without a

@@ -149,6 +149,19 @@ struct State {
     sync_fault: Option<(u64, i32)>,
     /// Directories whose lock a log holds.
     locked: std::collections::BTreeSet<PathBuf>,
+    /// Every writeback started, in order.
+    writebacks: Vec<SimWriteback>,
+}
+
+/// A writeback a log started ([`SimDisk::writebacks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimWriteback {
+    /// First byte of the range.
+    pub from: u64,
+    /// Byte just past the range.
+    pub to: u64,
+    /// The file's size when the writeback started.
+    pub file_len: u64,
 }
 
 #[derive(Clone, Default)]
@@ -536,6 +549,12 @@ impl SimDisk {
         self.gate.changed.notify_all();
     }
 
+    /// The writebacks started on this disk's files so far, oldest first. They change no
+    /// data: any unsynced page may or may not survive a crash, with or without one.
+    pub fn writebacks(&self) -> Vec<SimWriteback> {
+        lock(&self.state).writebacks.clone()
+    }
+
     /// The written (page cache) bytes of a file.
     pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
         match lock(&self.state).live.get(path) {
@@ -734,6 +753,12 @@ impl DiskFile for SimFile {
 
     fn drop_clean_pages(&self) {
         lock(&self.data).drop_clean_pages();
+    }
+
+    fn start_writeback(&self, from: u64, to: u64) -> io::Result<()> {
+        let file_len = lock(&self.data).written.len() as u64;
+        lock(&self.disk.state).writebacks.push(SimWriteback { from, to, file_len });
+        Ok(())
     }
 
     fn store_mapped(&self, bytes: &[u8], pos: u64) {

@@ -169,7 +169,7 @@ impl Shared {
         end: u64,
         max_entries: usize,
         max_bytes: usize,
-        each: &mut dyn FnMut(Entry),
+        each: &mut impl FnMut(Entry),
     ) -> Result<u64> {
         let epoch = self.truncations.load(Ordering::Acquire);
         let segment = {
