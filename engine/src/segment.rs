@@ -119,20 +119,22 @@ impl Segment {
         // A suffix truncation may have cut the segment since the caller looked.
         let truncated = || Error::Truncated { index };
         let start = self.index.position(first).filter(|_| first < published).ok_or_else(truncated)?;
-        // Find how many frames fit, using the index for frame boundaries.
-        let mut count = 0u32;
+        // The most frames whose bytes fit in `max_bytes`, and always one: frame ends grow
+        // with the index, so a binary search over the index finds them.
         let start = start.byte();
-        let mut end = start;
-        while count < published - first && (count as usize) < max_entries.max(1) {
-            let next = self.frame_end(first + count, published);
-            if next <= end {
-                return Err(truncated());
+        let limit = (published - first).min(u32::try_from(max_entries.max(1)).unwrap_or(u32::MAX));
+        let bytes_of = |count: u32| self.frame_end(first + count - 1, published).saturating_sub(start);
+        let (mut count, mut above) = (1, limit);
+        while count < above {
+            let mid = count + (above - count).div_ceil(2);
+            match bytes_of(mid) as usize <= max_bytes {
+                true => count = mid,
+                false => above = mid - 1,
             }
-            if count > 0 && (next - start) as usize > max_bytes {
-                break;
-            }
-            end = next;
-            count += 1;
+        }
+        let end = start + bytes_of(count);
+        if end <= start {
+            return Err(truncated());
         }
         let bytes = self.store.read(start, (end - start) as usize)?;
         let format = self.store.format();
@@ -155,6 +157,16 @@ impl Segment {
             }
             at += len;
             each(entry);
+        }
+        if at != bytes.len() {
+            return Err(Error::corrupt(
+                self.store.path(),
+                start + at as u64,
+                format!(
+                    "{count} frames end at byte {} where the index puts their end at {end}",
+                    start + at as u64
+                ),
+            ));
         }
         Ok(count)
     }

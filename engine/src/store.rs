@@ -11,7 +11,7 @@ use std::{
     },
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::{
     error::{Error, IoContext, Result},
@@ -96,11 +96,11 @@ impl Store {
 
     /// Reads `len` bytes at `position`.
     pub(crate) fn read(&self, position: u64, len: usize) -> Result<Bytes> {
-        let mut buf = BytesMut::zeroed(len);
-        self.file
-            .read_exact_at(&mut buf, position)
+        let buf = self
+            .file
+            .read_vec_at(len, position)
             .context(|| format!("reading {len} bytes at byte {position} of {}", self.path.display()))?;
-        Ok(buf.freeze())
+        Ok(Bytes::from(buf))
     }
 
     /// Cuts the file at `len` bytes and makes the cut durable (recovery and suffix

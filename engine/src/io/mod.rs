@@ -59,6 +59,28 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 /// One open file.
 pub(crate) trait DiskFile: Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
+    /// Reads exactly `len` bytes at `pos` into a new buffer. A real file reads into the
+    /// buffer's spare capacity: a large read then never zero-fills memory it overwrites.
+    fn read_vec_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        let Some(file) = self.std_file() else {
+            let mut buf = vec![0; len];
+            self.read_exact_at(&mut buf, pos)?;
+            return Ok(buf);
+        };
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = pos + buf.len() as u64;
+            match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        // The spare capacity may have been larger than asked for.
+        buf.truncate(len);
+        Ok(buf)
+    }
     /// Writes all of `buf` at `pos` and returns the buffer.
     fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (Vec<u8>, io::Result<()>);
     /// Starts writing all of `buf` at `pos`; the write completes by [`PendingWrite::wait`].
