@@ -3,12 +3,14 @@
 //! log, 10,000 appends into a log that already holds 10,000 records) and prints, per step,
 //! the median time, minor page faults and context switches (process-wide `getrusage`),
 //! and for the two append steps the mean time of one batch early and late in the step.
-//! With `mark`, each step is announced on stderr first, so an `strace -f -T` of the program
+//! `writeback=BYTES` sets `Config::writeback_bytes` (`writeback=0`: no writeback before the
+//! sync but the kernel's). With `mark`, each step is announced on stderr first, so an `strace -f -T` of the program
 //! shows which system calls belong to which step:
 //!
 //! ```sh
 //! cargo run --release -p ringlog-benches --example fresh_log_steps -- pwrite 200
 //! strace -f -T -o trace.txt target/release/examples/fresh_log_steps pwrite 3 mark
+//! cargo run --release -p ringlog-benches --example fresh_log_steps -- pwrite 200 writeback=0
 //! ```
 
 use std::{
@@ -64,10 +66,20 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let backend = backend_named(args.get(1).map(String::as_str));
     let runs: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(100);
-    let mark = args.get(3).is_some_and(|a| a == "mark");
+    let mark = args[3.min(args.len())..].iter().any(|a| a == "mark");
+    // `writeback=BYTES` sets `Config::writeback_bytes` (0: the kernel's writeback only).
+    let writeback_bytes = args[3.min(args.len())..]
+        .iter()
+        .find_map(|a| a.strip_prefix("writeback=")?.parse().ok())
+        .unwrap_or(Config::default().writeback_bytes);
     let value = Bytes::from(vec![0xA5u8; 100]);
     let batch = vec![value; 100];
-    let config = Config { durability: Durability::None, backend: backend.clone(), ..Config::default() };
+    let config = Config {
+        durability: Durability::None,
+        backend: backend.clone(),
+        writeback_bytes,
+        ..Config::default()
+    };
     let mut samples: Vec<Vec<Sample>> = vec![Vec::with_capacity(runs); STEPS.len()];
     // per append step, per batch: the time of each run
     let mut batches: [Vec<Vec<Duration>>; 2] = [vec![Vec::new(); 100], vec![Vec::new(); 100]];
