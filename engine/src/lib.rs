@@ -4,7 +4,8 @@
 //! record frames and a memory-mapped offset index. One appender thread batches the
 //! appends of every caller into large writes (group commit) through a pluggable IO
 //! backend (io_uring where the kernel allows it, `pwrite` otherwise), and acknowledges
-//! each append when its [`Durability`] is met. Reads run on the caller's thread. Opening a
+//! each append when its [`Durability`] is met. Reads run on the caller's thread:
+//! [`Log::read_from`] returns records, [`Log::read_each`] lends them one by one. Opening a
 //! log recovers it from whatever an earlier run left: torn tails are cut, indexes are
 //! checked and rebuilt. The on-disk format is documented in `docs/format.md`.
 //!
@@ -54,5 +55,5 @@ pub use log::{
     Retention, SYNC_LATENCY_BOUNDS_US, Staging, Stats,
 };
 pub use meta::Meta;
-pub use record::Record;
+pub use record::{Record, RecordRef};
 pub use recovery::RecoveryReport;

@@ -59,6 +59,18 @@ pub struct Record {
     pub value: Bytes,
 }
 
+/// A record lent by [`Log::read_each`](crate::Log::read_each): its value borrows the
+/// read's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Position of the record among the log's records (data entries).
+    pub offset: u64,
+    /// When the record was appended, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The bytes the producer appended.
+    pub value: &'a [u8],
+}
+
 /// The header fields of a frame that decoded cleanly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {

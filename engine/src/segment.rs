@@ -6,21 +6,49 @@
 //! readers still holding it keep reading through their open handles.
 
 use std::{
+    ops::Range,
     path::{Path, PathBuf},
     sync::Arc,
 };
+
+use bytes::Bytes;
 
 use crate::{
     entry::Entry,
     error::{Error, Result},
     index::Index,
     io::Disk,
-    record,
+    record::{self, FrameHeader},
     store::{Position, Store},
 };
 
 pub(crate) const STORE_EXT: &str = "store";
 pub(crate) const INDEX_EXT: &str = "index";
+
+/// A frame decoded in place by [`Segment::read_entries_into`]: its header, and where its
+/// payload lies in the read's buffer (borrowed: no copy and no reference count until an
+/// owned entry is wanted).
+pub(crate) struct FrameRef<'a> {
+    pub(crate) header: FrameHeader,
+    buf: &'a Bytes,
+    payload: Range<usize>,
+}
+
+impl<'a> FrameRef<'a> {
+    pub(crate) fn payload(&self) -> &'a [u8] {
+        &self.buf[self.payload.clone()]
+    }
+
+    /// The payload as an owned slice of the read's buffer.
+    pub(crate) fn payload_bytes(&self) -> Bytes {
+        self.buf.slice(self.payload.clone())
+    }
+
+    pub(crate) fn to_entry(&self) -> Entry {
+        let FrameHeader { id, kind, timestamp_ms, .. } = self.header;
+        Entry { id, kind, timestamp_ms, payload: self.payload_bytes() }
+    }
+}
 
 /// The path of a segment file.
 pub(crate) fn file_path(dir: &Path, base_offset: u64, ext: &str) -> PathBuf {
@@ -101,18 +129,18 @@ impl Segment {
         max_bytes: usize,
     ) -> Result<Vec<Entry>> {
         let mut entries = Vec::new();
-        self.read_entries_into(index, max_entries, max_bytes, &mut |entry| entries.push(entry))?;
+        self.read_entries_into(index, max_entries, max_bytes, &mut |frame| entries.push(frame.to_entry()))?;
         Ok(entries)
     }
 
-    /// [`Segment::read_entries`], handing each entry to `each` as it is decoded (a reader
+    /// [`Segment::read_entries`], lending each frame to `each` as it is decoded (a reader
     /// that wants records builds them straight away); returns how many there were.
     pub(crate) fn read_entries_into(
         &self,
         index: u64,
         max_entries: usize,
         max_bytes: usize,
-        each: &mut impl FnMut(Entry),
+        each: &mut impl FnMut(FrameRef<'_>),
     ) -> Result<u32> {
         let published = self.index.len();
         let first = u32::try_from(index - self.base).expect("index within the segment");
@@ -143,20 +171,21 @@ impl Segment {
             let expected = index + u64::from(i);
             let position = start + at as u64;
             let value_len_max = (bytes.len() - at).saturating_sub(format.header_len()) as u32;
-            let (entry, len) = record::decode_as(&bytes, at, value_len_max, format)
+            let header = record::decode_header_as(&bytes[at..], value_len_max, format)
                 .map_err(|e| Error::corrupt(self.store.path(), position, e))?;
-            if entry.id.index != expected {
+            if header.id.index != expected {
                 return Err(Error::corrupt(
                     self.store.path(),
                     position,
                     format!(
                         "frame holds index {} where the index file puts index {expected}",
-                        entry.id.index
+                        header.id.index
                     ),
                 ));
             }
+            let len = header.frame_len();
+            each(FrameRef { header, buf: &bytes, payload: at + usize::from(header.header_len)..at + len });
             at += len;
-            each(entry);
         }
         if at != bytes.len() {
             return Err(Error::corrupt(

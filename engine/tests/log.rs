@@ -608,3 +608,55 @@ fn writeback_starts_after_every_writeback_bytes_in_whole_blocks_already_written(
         }
     }
 }
+
+/// `read_each` lends exactly the records `read_from` returns, under the same limits (a
+/// record count, a byte budget that always lets one record through, a segment's end), and
+/// fails the same way outside the log.
+#[test]
+fn read_each_lends_what_read_from_returns_with_the_same_limits_and_errors() {
+    for f in fixtures(|c| c.store_bytes_max = 32 + 40 * (32 + 20)) {
+        let log = f.open();
+        let values: Vec<Bytes> = (0..100u8).map(|i| Bytes::from(vec![i; usize::from(i % 20) + 1])).collect();
+        for batch in values.chunks(7) {
+            log.append_batch(batch.to_vec()).unwrap();
+        }
+        assert!(log.segment_count() > 2, "[{}] the reads cross segments", f.name);
+        for (offset, max_records, max_bytes) in [
+            (0, usize::MAX, usize::MAX),
+            (0, 5, usize::MAX),
+            (13, usize::MAX, 100),
+            (57, 3, 0),
+            (99, 10, 1 << 20),
+        ] {
+            let returned = log.read_from(offset, max_records, max_bytes).unwrap();
+            let mut lent = Vec::new();
+            let after = log
+                .read_each(offset, max_records, max_bytes, |r| {
+                    lent.push(ringlog_engine::Record {
+                        offset: r.offset,
+                        timestamp_ms: r.timestamp_ms,
+                        value: Bytes::copy_from_slice(r.value),
+                    })
+                })
+                .unwrap();
+            assert_eq!(
+                lent, returned,
+                "[{}] from {offset}, {max_records} records, {max_bytes} bytes",
+                f.name
+            );
+            assert_eq!(after, returned.last().unwrap().offset + 1, "[{}]", f.name);
+            for r in &lent {
+                assert_eq!(r.value, values[r.offset as usize], "[{}] offset {}", f.name, r.offset);
+            }
+        }
+        let mut lent = 0;
+        let past = log.read_each(100, 1, 0, |_| lent += 1).unwrap_err();
+        assert!(matches!(past, Error::OffsetNotWritten { offset: 100, next: 100 }), "[{}] {past}", f.name);
+        log.truncate_before(90).unwrap();
+        let lowest = log.lowest_offset();
+        assert!(lowest > 0, "[{}] whole segments below 90 are gone", f.name);
+        let below = log.read_each(lowest - 1, 1, 0, |_| lent += 1).unwrap_err();
+        assert!(matches!(below, Error::OffsetBelowLowest { .. }), "[{}] {below}", f.name);
+        assert_eq!(lent, 0, "[{}] a failed read lends nothing", f.name);
+    }
+}

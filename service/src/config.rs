@@ -133,6 +133,12 @@ pub struct Settings {
     /// With `--durability interval`: sync after this many unsynced bytes
     #[arg(long, env = "RINGLOG_SYNC_BYTES", value_name = "BYTES", default_value_t = 4 << 20)]
     pub sync_bytes: u64,
+    /// With `--durability none` or `interval`: start writing appended data to the disk each
+    /// time this many more bytes are written, so that a sync has little left to wait for (0:
+    /// leave it to the kernel)
+    #[arg(long, env = "RINGLOG_WRITEBACK_BYTES", value_name = "BYTES",
+          default_value_t = Config::default().writeback_bytes)]
+    pub writeback_bytes: u64,
     /// Append backend
     #[arg(long, env = "RINGLOG_BACKEND", value_enum, default_value_t = BackendKind::Auto)]
     pub backend: BackendKind,
@@ -485,6 +491,7 @@ impl Settings {
                 CorruptionMode::Fail => OnCorruption::Fail,
                 CorruptionMode::Truncate => OnCorruption::Truncate,
             },
+            writeback_bytes: self.writeback_bytes,
             ..Config::default()
         }
     }
@@ -601,6 +608,7 @@ mod tests {
             durability = "interval"
             sync-interval-ms = 5
             sync-bytes = 10
+            writeback-bytes = 0
             backend = "pwrite"
             segment-bytes = 100000000
             index-bytes = 100000
@@ -617,6 +625,7 @@ mod tests {
         let settings = file(text).unwrap();
         let engine = settings.engine_config();
         assert_eq!(engine.durability, Durability::Interval { interval_ms: 5, bytes: 10 });
+        assert_eq!(engine.writeback_bytes, 0);
         assert!(matches!(engine.backend, Backend::Pwrite));
         assert_eq!(engine.record_bytes_max, 1000);
         assert_eq!(engine.on_corruption, OnCorruption::Truncate);

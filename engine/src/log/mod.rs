@@ -43,8 +43,9 @@ use crate::{
     error::{Error, IoContext, Result},
     index,
     io::{Disk, pwrite::PwriteDisk},
-    record::{self, Record},
+    record::{self, Record, RecordRef},
     recovery::{self, RecoveryReport},
+    segment::FrameRef,
     store,
 };
 
@@ -265,6 +266,43 @@ impl Log {
     /// frames, but always at least one record. Stops at a segment boundary, so it may
     /// return fewer than asked; call again from the next offset.
     pub fn read_from(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
+        let mut records = Vec::new();
+        self.read_records(offset, max_records, max_bytes, &mut |offset, frame| {
+            records.push(Record {
+                offset,
+                timestamp_ms: frame.header.timestamp_ms,
+                value: frame.payload_bytes(),
+            });
+        })?;
+        Ok(records)
+    }
+
+    /// [`Log::read_from`] lending each record to `each` instead of returning a list: a
+    /// record's value borrows the read's buffer, so no record costs an allocation or a
+    /// reference count. Reads the same records, with the same limits and errors; returns
+    /// the offset after the last record lent. If it fails part-way, the log was cut under
+    /// the read (a Raft suffix truncation or a snapshot install): disregard what it lent.
+    pub fn read_each(
+        &self,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+        mut each: impl FnMut(RecordRef<'_>),
+    ) -> Result<u64> {
+        self.read_records(offset, max_records, max_bytes, &mut |offset, frame| {
+            each(RecordRef { offset, timestamp_ms: frame.header.timestamp_ms, value: frame.payload() });
+        })
+    }
+
+    /// Lends the data frames of [`Log::read_from`] to `each` with their offsets, as they
+    /// are decoded; returns the offset after the last.
+    fn read_records(
+        &self,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+        each: &mut impl FnMut(u64, FrameRef<'_>),
+    ) -> Result<u64> {
         let shared = self.shared();
         let visible = shared.visible_index();
         let first = shared.first_index.load(Ordering::Acquire);
@@ -278,24 +316,19 @@ impl Log {
         if offset < lowest {
             return Err(Error::OffsetBelowLowest { offset, lowest });
         }
-        let mut records = Vec::new();
-        while records.is_empty() && index < visible {
-            // Records are built as the frames are decoded, with no list of entries between.
-            let mut next_offset = offset;
-            index = shared.read_raw_into(index, visible, max_records, max_bytes, &mut |e| {
-                if e.kind == EntryKind::Data {
-                    records.push(Record {
-                        offset: next_offset,
-                        timestamp_ms: e.timestamp_ms,
-                        value: e.payload,
-                    });
+        let mut next_offset = offset;
+        // A read of only non-data entries (Raft's) lends nothing: read on.
+        while next_offset == offset && index < visible {
+            index = shared.read_raw_into(index, visible, max_records, max_bytes, &mut |frame| {
+                if frame.header.kind == EntryKind::Data {
+                    each(next_offset, frame);
                     next_offset += 1;
                 }
             })?;
         }
-        match records.is_empty() {
+        match next_offset == offset {
             true => Err(Error::OffsetNotWritten { offset, next }),
-            false => Ok(records),
+            false => Ok(next_offset),
         }
     }
 

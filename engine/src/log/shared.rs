@@ -22,7 +22,7 @@ use crate::{
     io::{DirLock, Disk},
     meta::MetaFile,
     offsets::OffsetMap,
-    segment::{self, Segment, SegmentList},
+    segment::{self, FrameRef, Segment, SegmentList},
 };
 
 /// State shared by the handle, the appender and the syncer.
@@ -156,11 +156,11 @@ impl Shared {
         max_bytes: usize,
     ) -> Result<Vec<Entry>> {
         let mut entries = Vec::new();
-        self.read_raw_into(index, end, max_entries, max_bytes, &mut |entry| entries.push(entry))?;
+        self.read_raw_into(index, end, max_entries, max_bytes, &mut |frame| entries.push(frame.to_entry()))?;
         Ok(entries)
     }
 
-    /// [`Shared::read_raw`], handing each entry to `each`; returns the index after the
+    /// [`Shared::read_raw`], lending each frame to `each`; returns the index after the
     /// last one. On an error the caller drops what `each` was given: it may be part of a
     /// suffix that a truncation removed meanwhile.
     pub(crate) fn read_raw_into(
@@ -169,7 +169,7 @@ impl Shared {
         end: u64,
         max_entries: usize,
         max_bytes: usize,
-        each: &mut impl FnMut(Entry),
+        each: &mut impl FnMut(FrameRef<'_>),
     ) -> Result<u64> {
         let epoch = self.truncations.load(Ordering::Acquire);
         let segment = {
