@@ -413,3 +413,49 @@ fn readers_see_only_entries_below_the_read_limit() {
         assert_eq!(log.read(4).unwrap().value, Bytes::from(vec![4u8]), "{what}");
     }
 }
+
+/// A suffix truncation below where writeback reached: the next writeback starts from the
+/// cut, so every range lies inside what the store held when it started, and the ranges
+/// after the cut run from the store's start without a gap.
+#[test]
+fn writeback_after_a_truncation_starts_again_below_the_cut() {
+    const BLOCK: u64 = 64 << 10;
+    for f in fixtures(|c| {
+        c.durability = Durability::None;
+        c.writeback_bytes = BLOCK;
+    }) {
+        let Some(sim) = f.sim() else { continue };
+        let log = f.open();
+        let big = |term, index| Entry {
+            id: EntryId { term, index },
+            kind: EntryKind::Data,
+            timestamp_ms: 1,
+            payload: Bytes::from(vec![term as u8; 4000]),
+        };
+        for first in (0..100).step_by(10) {
+            append(&log, (first..first + 10).map(|index| big(1, index)).collect()).unwrap();
+        }
+        log.sync().unwrap(); // the appender's thread has started every writeback before this
+        let before = sim.writebacks().len();
+        assert!(
+            sim.writebacks().last().is_some_and(|w| w.to >= 5 * BLOCK),
+            "[{}] 400 KB written back",
+            f.name
+        );
+        log.truncate_after(Some(9)).unwrap(); // about 40 KB stay: less than a block
+        for first in (10..100).step_by(10) {
+            append(&log, (first..first + 10).map(|index| big(2, index)).collect()).unwrap();
+        }
+        log.sync().unwrap();
+        let after = &sim.writebacks()[before..];
+        assert_eq!(after.first().map(|w| w.from), Some(0), "[{}] {after:?}", f.name);
+        for pair in after.windows(2) {
+            assert_eq!(pair[0].to, pair[1].from, "[{}] {after:?}", f.name);
+        }
+        for w in after {
+            assert!(w.to <= w.file_len && w.to % BLOCK == 0, "[{}] {w:?}", f.name);
+        }
+        assert!(after.last().is_some_and(|w| w.to >= 5 * BLOCK), "[{}] {after:?}", f.name);
+        assert_eq!(all_entries(&log).len(), 100);
+    }
+}

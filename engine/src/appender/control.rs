@@ -92,6 +92,7 @@ impl Appender {
             Ok(())
         })();
         self.next = keep_to;
+        self.restart_writeback();
         self.shared.offsets.write().unwrap_or_else(|p| p.into_inner()).truncate_from(keep_to);
         self.last_term = self.shared.last_term_before(keep_to);
         self.shared.appended.notify(usize::MAX);

@@ -616,6 +616,13 @@ impl Appender {
         Ok(())
     }
 
+    /// After a suffix truncation: the next writeback starts at the cut (the bytes written
+    /// there from now on are new).
+    fn restart_writeback(&mut self) {
+        let active = self.shared.active();
+        self.writeback_from = (active.base(), active.size() / WRITEBACK_ALIGN * WRITEBACK_ALIGN);
+    }
+
     /// Starts the writeback of the store's newly written bytes once `writeback_bytes` of
     /// them have piled up (see `Config::writeback_bytes`): on the syncer's thread where
     /// there is one (`Interval`), so that appends never wait for it; with `None`, here.
@@ -626,12 +633,11 @@ impl Appender {
         }
         let end = segment.size() / WRITEBACK_ALIGN * WRITEBACK_ALIGN;
         let from = match self.writeback_from {
-            // A truncation may have cut the store below where the last writeback ended.
-            (base, from) if base == segment.base() => from.min(end),
+            (base, from) if base == segment.base() => from,
             _ => 0,
         };
         self.writeback_from = (segment.base(), from);
-        if end - from < every {
+        if end.saturating_sub(from) < every {
             return;
         }
         let (file, path) = (Arc::clone(segment.store.file()), segment.store.path().into());
