@@ -230,8 +230,8 @@ pub fn decode(buf: &Bytes, value_len_max: u32) -> Result<(Entry, usize), FrameEr
     decode_as(buf, 0, value_len_max, Format::V2)
 }
 
-/// [`decode`] for a frame of `format` that starts at byte `at` of `buf` (a read of many
-/// frames decodes each in place: only its payload becomes a `Bytes` of its own).
+/// [`decode`] for a frame of `format` that starts at byte `at` of `buf`: the payload is a
+/// slice of `buf`, not a copy.
 pub fn decode_as(
     buf: &Bytes,
     at: usize,

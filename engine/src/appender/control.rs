@@ -168,6 +168,7 @@ impl Appender {
             shared.dir_unsynced.store(true, Ordering::SeqCst);
         }
         self.next = next;
+        self.restart_writeback();
         self.last_term = recovered.last_term;
         shared.appended.notify(usize::MAX);
         tracing::info!(dir = %dir.display(), first_index = recovered.first_index, next_index = next, "installed segments");
@@ -216,6 +217,7 @@ impl Appender {
             Ok(())
         })();
         self.next = new_first;
+        self.restart_writeback();
         self.last_term = upto.term;
         self.shared.appended.notify(usize::MAX);
         result.map_err(|error| self.poison(error))

@@ -236,7 +236,7 @@ pub(crate) struct Appender {
 
 /// Writeback starts and ends on multiples of this, so that it never covers the page the
 /// appender writes next (a page under writeback can make a write to it wait, on devices
-/// that need stable pages); 64 KiB is a whole number of pages on every Linux platform.
+/// that need stable pages); 64 KiB is a whole number of 4, 16 and 64 KiB pages.
 const WRITEBACK_ALIGN: u64 = 64 << 10;
 
 /// The longest the appender, out of work, waits actively for the next request before it
@@ -397,7 +397,7 @@ impl Appender {
             _ => Some(spawn_syncer(&shared)?),
         };
         let next = shared.next_index.load(Ordering::Acquire);
-        let appender = Appender {
+        let mut appender = Appender {
             shared: Arc::clone(&shared),
             next,
             last_term,
@@ -409,6 +409,7 @@ impl Appender {
             unsynced_bytes: 0,
             writeback_from: (0, 0),
         };
+        appender.restart_writeback();
         let (tx, rx) = mpsc::channel();
         Ok(AppenderLink {
             shared,
@@ -616,8 +617,8 @@ impl Appender {
         Ok(())
     }
 
-    /// After a suffix truncation: the next writeback starts at the cut (the bytes written
-    /// there from now on are new).
+    /// Where the next writeback starts: at the active store's end (at open, and after a
+    /// suffix truncation or an install, whose bytes written from there on are new).
     fn restart_writeback(&mut self) {
         let active = self.shared.active();
         self.writeback_from = (active.base(), active.size() / WRITEBACK_ALIGN * WRITEBACK_ALIGN);
@@ -645,7 +646,7 @@ impl Appender {
             Some((jobs, _)) => {
                 let _ = jobs.send(SyncJob::Writeback { file, path, from, to: end });
             }
-            None => start_writeback(file.as_ref(), &path, from, end),
+            None => start_writeback(&self.shared, file.as_ref(), &path, from, end),
         }
         self.writeback_from = (segment.base(), end);
     }

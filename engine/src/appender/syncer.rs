@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::{debug, error};
+use tracing::error;
 
 use super::completion::Ack;
 use crate::{
@@ -86,11 +86,20 @@ pub(crate) fn sync_file(shared: &Shared, file: &dyn DiskFile, path: &Path, upto:
     }
 }
 
-/// Starts writing `[from, to)` of `file` to the disk ([`DiskFile::start_writeback`]).
-pub(super) fn start_writeback(file: &dyn DiskFile, path: &Path, from: u64, to: u64) {
-    if let Err(error) = file.start_writeback(from, to) {
-        // Only a hint: the next fdatasync writes these bytes and reports any failure.
-        debug!(%error, file = %path.display(), from, to, "starting writeback failed");
+/// Starts writing `[from, to)` of `file` to the disk ([`DiskFile::start_writeback`]),
+/// ordered with the syncs. A failure poisons the log as a failed sync does: the kernel may
+/// have dropped the pages it could not write, and a later `fdatasync` would then succeed
+/// without them.
+pub(super) fn start_writeback(shared: &Shared, file: &dyn DiskFile, path: &Path, from: u64, to: u64) {
+    let _one_at_a_time = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+    if shared.poison.get().is_some() {
+        return;
+    }
+    if let Err(source) = file.start_writeback(from, to) {
+        let what = format!("starting the writeback of bytes {from}..{to} of {} failed", path.display());
+        let error = Error::io(what, source);
+        error!(%error, "poisoning the log");
+        shared.set_poison(&error);
     }
 }
 
@@ -118,15 +127,17 @@ pub(super) fn spawn_syncer(
 }
 
 /// The syncer thread: makes written entries durable while the appender keeps writing, and
-/// starts the writeback of what it wrote.
+/// starts the writeback of what it wrote. With `Interval`, a sync is due `interval_ms` after
+/// the last one, whatever other jobs (writebacks) arrive meanwhile.
 fn run_syncer(shared: &Shared, jobs: &Receiver<SyncJob>, durability: Durability) {
     let interval = match durability {
         Durability::Interval { interval_ms, .. } => Some(Duration::from_millis(interval_ms)),
         _ => None,
     };
+    let mut sync_due = interval.map(|interval| Instant::now() + interval);
     loop {
-        let first = match interval {
-            Some(interval) => match jobs.recv_timeout(interval) {
+        let first = match sync_due {
+            Some(due) => match jobs.recv_timeout(due.saturating_duration_since(Instant::now())) {
                 Ok(job) => Some(job),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -138,24 +149,34 @@ fn run_syncer(shared: &Shared, jobs: &Receiver<SyncJob>, durability: Durability)
         };
         let mut batch: Vec<SyncJob> = first.into_iter().collect();
         batch.extend(jobs.try_iter());
-        if batch.is_empty() {
+        let syncs = batch.iter().any(|job| matches!(job, SyncJob::Sync { .. }));
+        if let (Some(interval), Some(due)) = (interval, sync_due) {
+            let now = Instant::now();
+            if syncs || now >= due {
+                sync_due = Some(now + interval);
+            }
             // The interval passed: sync the active segment if anything is unsynced. The
             // next index is read before the segment, so the segment holds every entry
             // below it that an earlier roll did not already sync.
             let next = shared.next_index.load(Ordering::Acquire);
-            if shared.durable_index.load(Ordering::Acquire) >= next || shared.poison.get().is_some() {
-                continue;
+            if !syncs
+                && now >= due
+                && shared.durable_index.load(Ordering::Acquire) < next
+                && shared.poison.get().is_none()
+            {
+                let segment = shared.active();
+                let path = segment.store.path().into();
+                batch.push(SyncJob::Sync {
+                    file: Arc::clone(segment.store.file()),
+                    path,
+                    upto: next,
+                    waiters: Vec::new(),
+                });
             }
-            let segment = shared.active();
-            let path = segment.store.path().into();
-            batch.push(SyncJob::Sync {
-                file: Arc::clone(segment.store.file()),
-                path,
-                upto: next,
-                waiters: Vec::new(),
-            });
         }
-        sync_batch(shared, batch);
+        if !batch.is_empty() {
+            sync_batch(shared, batch);
+        }
     }
 }
 
@@ -184,7 +205,7 @@ fn sync_batch(shared: &Shared, batch: Vec<SyncJob>) {
         if shared.poison.get().is_some() || files.iter().any(|(synced, ..)| Arc::ptr_eq(synced, &file)) {
             continue;
         }
-        start_writeback(file.as_ref(), &path, from, to);
+        start_writeback(shared, file.as_ref(), &path, from, to);
     }
     let mut result = Ok(());
     for (file, path, upto) in &files {

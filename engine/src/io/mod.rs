@@ -106,12 +106,18 @@ pub(crate) trait DiskFile: Send + Sync {
     }
     /// Starts writing the file's dirty pages in `[from, to)` to the disk and returns
     /// without waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that a later
-    /// `fdatasync` has less left to write. Nothing becomes durable by it. A writeback error
-    /// it leads to is reported by the next `fdatasync` on this file: Linux records it for
-    /// every open file, and only the waiting flags of `sync_file_range` would consume it.
+    /// `fdatasync` has less left to write. Nothing becomes durable by it. An error the disk
+    /// reports later is reported by the next `fdatasync` on this file (Linux records it for
+    /// every open file, and only the waiting flags of `sync_file_range` would consume it);
+    /// an error returned here may mean pages were dropped, which the caller must treat as a
+    /// failed sync.
     /// The simulated disk only records it: in its model any unsynced page may or may not
     /// have reached the disk already.
     fn start_writeback(&self, from: u64, to: u64) -> io::Result<()> {
+        if to <= from {
+            // A length of 0 would mean "to the end of the file".
+            return Ok(());
+        }
         #[cfg(target_os = "linux")]
         if let Some(file) = self.std_file() {
             use std::os::fd::AsRawFd;

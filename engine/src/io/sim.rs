@@ -86,6 +86,14 @@ pub enum SimFault {
         /// The OS error number to fail with.
         errno: i32,
     },
+    /// After `after` more writebacks started ([`SimDisk::writebacks`]), one fails with
+    /// `errno` and, as a failed sync does, drops the file's dirty pages.
+    Writeback {
+        /// Writeback starts that still succeed.
+        after: u64,
+        /// The OS error number to fail with.
+        errno: i32,
+    },
 }
 
 type Inode = Arc<Mutex<FileData>>;
@@ -147,6 +155,7 @@ struct State {
     deferred_writes: bool,
     write_fault: Option<(u64, i32)>,
     sync_fault: Option<(u64, i32)>,
+    writeback_fault: Option<(u64, i32)>,
     /// Directories whose lock a log holds.
     locked: std::collections::BTreeSet<PathBuf>,
     /// Every writeback started, in order.
@@ -154,8 +163,10 @@ struct State {
 }
 
 /// A writeback a log started ([`SimDisk::writebacks`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimWriteback {
+    /// The file.
+    pub path: PathBuf,
     /// First byte of the range.
     pub from: u64,
     /// Byte just past the range.
@@ -495,6 +506,7 @@ impl SimDisk {
         match fault {
             SimFault::Write { after, errno } => state.write_fault = Some((after, errno)),
             SimFault::Sync { after, errno } => state.sync_fault = Some((after, errno)),
+            SimFault::Writeback { after, errno } => state.writeback_fault = Some((after, errno)),
         }
     }
 
@@ -503,6 +515,7 @@ impl SimDisk {
         let mut state = lock(&self.state);
         state.write_fault = None;
         state.sync_fault = None;
+        state.writeback_fault = None;
     }
 
     /// From now on every `sync_data` waits on entry until released by
@@ -550,7 +563,8 @@ impl SimDisk {
     }
 
     /// The writebacks started on this disk's files so far, oldest first. They change no
-    /// data: any unsynced page may or may not survive a crash, with or without one.
+    /// data (any unsynced page may or may not survive a crash, with or without one) unless
+    /// a [`SimFault::Writeback`] fails one.
     pub fn writebacks(&self) -> Vec<SimWriteback> {
         lock(&self.state).writebacks.clone()
     }
@@ -639,7 +653,7 @@ impl Disk for SimDisk {
             }
             None => return Err(not_found("file", path)),
         };
-        Ok(Arc::new(SimFile { disk: self.clone(), data: inode }))
+        Ok(Arc::new(SimFile { disk: self.clone(), data: inode, path: path.to_path_buf() }))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut state = lock(&self.state);
@@ -720,6 +734,8 @@ impl Drop for SimLock {
 struct SimFile {
     disk: SimDisk,
     data: Inode,
+    /// The path it was opened by, for the record of writebacks.
+    path: PathBuf,
 }
 
 impl DiskFile for SimFile {
@@ -740,7 +756,7 @@ impl DiskFile for SimFile {
             let (buf, result) = self.write_all_at(buf, pos);
             return PendingWrite::Complete(buf, result);
         }
-        let file = SimFile { disk: self.disk.clone(), data: Arc::clone(&self.data) };
+        let file = SimFile { disk: self.disk.clone(), data: Arc::clone(&self.data), path: self.path.clone() };
         PendingWrite::Deferred(Box::new(move || file.write_all_at(buf, pos)))
     }
 
@@ -757,8 +773,24 @@ impl DiskFile for SimFile {
 
     fn start_writeback(&self, from: u64, to: u64) -> io::Result<()> {
         let file_len = lock(&self.data).written.len() as u64;
-        lock(&self.disk.state).writebacks.push(SimWriteback { from, to, file_len });
-        Ok(())
+        let fault = {
+            let mut state = lock(&self.disk.state);
+            state.writebacks.push(SimWriteback { path: self.path.clone(), from, to, file_len });
+            let fault = trip(&mut state.writeback_fault);
+            if fault.is_some() {
+                state.writeback_fault = None;
+            }
+            fault
+        };
+        match fault {
+            Some(error) => {
+                // As Linux may: the pages it could not write are marked clean and lost,
+                // and only this caller hears of it.
+                lock(&self.data).dirty.clear();
+                Err(error)
+            }
+            None => Ok(()),
+        }
     }
 
     fn store_mapped(&self, bytes: &[u8], pos: u64) {

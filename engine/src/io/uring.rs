@@ -43,7 +43,7 @@ const RING_ENTRIES: u32 = 16;
 
 /// Real files appended through io_uring; one ring for the whole log.
 pub(crate) struct UringDisk {
-    ring: Arc<OnceLock<io::Result<Ring>>>,
+    ring: Arc<OnceLock<Option<Ring>>>,
 }
 
 impl std::fmt::Debug for UringDisk {
@@ -120,25 +120,26 @@ type Ring = Arc<Mutex<RingState>>;
 struct UringFile {
     file: Arc<File>,
     /// The log's ring, created on the first large append.
-    ring: Arc<OnceLock<io::Result<Ring>>>,
+    ring: Arc<OnceLock<Option<Ring>>>,
 }
 
 impl UringFile {
-    fn ring(&self) -> io::Result<Ring> {
-        let created = self.ring.get_or_init(|| {
-            let ring = IoUring::new(RING_ENTRIES)?;
-            Ok(Arc::new(Mutex::new(RingState {
+    /// The log's ring, made by the first large write; `None` if it could not be made.
+    fn ring(&self) -> Option<Ring> {
+        let created = self.ring.get_or_init(|| match IoUring::new(RING_ENTRIES) {
+            Ok(ring) => Some(Arc::new(Mutex::new(RingState {
                 ring,
                 writes: 0,
                 broken: false,
                 #[cfg(test)]
                 fail_next_submit: false,
-            })))
+            }))),
+            Err(error) => {
+                tracing::warn!(%error, "cannot create the log's io_uring: appends use pwrite");
+                None
+            }
         });
-        match created {
-            Ok(ring) => Ok(Arc::clone(ring)),
-            Err(error) => Err(io::Error::new(error.kind(), format!("creating an io_uring: {error}"))),
-        }
+        created.as_ref().map(Arc::clone)
     }
 }
 
@@ -310,9 +311,11 @@ impl DiskFile for UringFile {
             let (buf, result) = self.write_all_at(buf, pos);
             return PendingWrite::Complete(buf, result);
         }
-        let ring = match self.ring() {
-            Ok(ring) => ring,
-            Err(error) => return PendingWrite::Complete(buf, Err(error)),
+        let Some(ring) = self.ring() else {
+            // The probe at open succeeded, but a ring cannot be made now (memlock or file
+            // limits): write as the pwrite backend does rather than fail the append.
+            let (buf, result) = self.write_all_at(buf, pos);
+            return PendingWrite::Complete(buf, result);
         };
         let queued =
             (0..buf.len()).step_by(CHUNK_BYTES).map(|s| (s, (s + CHUNK_BYTES).min(buf.len()))).collect();
@@ -378,7 +381,7 @@ mod tests {
     }
 
     fn state(disk: &UringDisk) -> Ring {
-        Arc::clone(disk.ring.get().expect("ring created").as_ref().unwrap())
+        Arc::clone(disk.ring.get().expect("ring created").as_ref().expect("ring made"))
     }
 
     #[test]

@@ -280,8 +280,9 @@ impl Log {
     /// [`Log::read_from`] lending each record to `each` instead of returning a list: a
     /// record's value borrows the read's buffer, so no record costs an allocation or a
     /// reference count. Reads the same records, with the same limits and errors; returns
-    /// the offset after the last record lent. If it fails part-way, the log was cut under
-    /// the read (a Raft suffix truncation or a snapshot install): disregard what it lent.
+    /// the offset after the last record lent. A failure can come after some records were
+    /// lent (a corrupt frame further on, or a Raft suffix truncation or snapshot install
+    /// under the read): disregard what it lent then.
     pub fn read_each(
         &self,
         offset: u64,
