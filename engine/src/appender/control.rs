@@ -75,6 +75,9 @@ impl Appender {
                 let durable = shared.durable_index.load(Ordering::Acquire);
                 shared.durable_index.store(durable.min(keep_to), Ordering::Release);
                 segment.store.truncate(cut_at)?;
+                // Again once the cut is done: a read that began after the first count, while
+                // the store was being cut, sees a change too and reports `Truncated`.
+                shared.truncations.fetch_add(1, Ordering::AcqRel);
             }
             if !Arc::ptr_eq(&segment, &was_active) {
                 // A sealed segment keeps its trimmed index: a new active segment follows it
