@@ -277,6 +277,12 @@ impl Index {
     /// Cuts the file to its published entries: done when the segment stops
     /// growing (sealed, or the log closes). No entry may be pushed afterwards.
     ///
+    /// Makes the entries durable (`fdatasync` also writes the pages dirtied through the map).
+    /// Done once, when the segment is sealed: see `Appender::roll`.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.file.sync_data().context(|| format!("syncing index {}", self.path.display()))
+    }
+
     /// Neither flushed nor synced: the index is never a source of durability (recovery
     /// trusts an entry only where it matches the store, and rebuilds the rest from it), so
     /// what a crash leaves of it costs a rescan at most, never a record.

@@ -699,6 +699,13 @@ impl Appender {
     /// appendable; the old index is trimmed only once nothing will be appended to it again.
     fn roll(&mut self, segment: &Arc<Segment>) -> Result<Arc<Segment>> {
         sync_file(&self.shared, segment.store.file().as_ref(), segment.store.path(), segment.next_index())?;
+        // The sealed index is synced too, before a next segment can exist: recovery trusts
+        // a sealed segment's index after checking only its last entry, and an unsynced one
+        // can come back from a crash holding entries of an earlier life of the segment (its
+        // store cut by a recovery and written again), the last of which may match.
+        if let Err(error) = segment.index.sync() {
+            return Err(self.poison(error));
+        }
         if self.shared.offsets.read().unwrap_or_else(|p| p.into_inner()).parts() != (0, &[][..]) {
             self.shared.write_meta(|_| {})?;
         }
