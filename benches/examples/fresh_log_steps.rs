@@ -4,8 +4,8 @@
 //! the median time, minor page faults and context switches (process-wide `getrusage`),
 //! and for the two append steps the mean time of one batch early and late in the step.
 //! `writeback=BYTES` sets `Config::writeback_bytes` (`writeback=0`: no writeback before the
-//! sync but the kernel's). With `mark`, each step is announced on stderr first, so an `strace -f -T` of the program
-//! shows which system calls belong to which step:
+//! sync but the kernel's). With `mark`, each step is announced on stderr first, so an
+//! `strace -f -T` of the program shows which system calls belong to which step:
 //!
 //! ```sh
 //! cargo run --release -p ringlog-benches --example fresh_log_steps -- pwrite 200
@@ -66,9 +66,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let backend = backend_named(args.get(1).map(String::as_str));
     let runs: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(100);
-    let mark = args[3.min(args.len())..].iter().any(|a| a == "mark");
-    // `writeback=BYTES` sets `Config::writeback_bytes` (0: the kernel's writeback only).
-    let writeback_bytes = args[3.min(args.len())..]
+    let options = args.get(3..).unwrap_or_default();
+    let mark = options.iter().any(|a| a == "mark");
+    let writeback_bytes = options
         .iter()
         .find_map(|a| a.strip_prefix("writeback=")?.parse().ok())
         .unwrap_or(Config::default().writeback_bytes);

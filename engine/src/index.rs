@@ -274,18 +274,20 @@ impl Index {
         Ok(len == file_len(self.len()))
     }
 
-    /// Cuts the file to its published entries: done when the segment stops
-    /// growing (sealed, or the log closes). No entry may be pushed afterwards.
-    ///
     /// Makes the entries durable (`fdatasync` also writes the pages dirtied through the map).
-    /// Done once, when the segment is sealed: see `Appender::roll`.
+    /// Done once, when the segment is sealed (`Appender::roll`): recovery trusts a sealed
+    /// index after checking only its last entry, which is sound only if no older version of
+    /// the file can come back from a crash.
     pub(crate) fn sync(&self) -> Result<()> {
         self.file.sync_data().context(|| format!("syncing index {}", self.path.display()))
     }
 
+    /// Cuts the file to its published entries: done when the segment stops
+    /// growing (sealed, or the log closes). No entry may be pushed afterwards.
+    ///
     /// Neither flushed nor synced: the index is never a source of durability (recovery
     /// trusts an entry only where it matches the store, and rebuilds the rest from it), so
-    /// what a crash leaves of it costs a rescan at most, never a record.
+    /// what a crash leaves of a trim costs a rescan at most, never a record.
     pub(crate) fn trim(&self) -> Result<()> {
         let what = || format!("trimming index {}", self.path.display());
         self.file.set_len(file_len(self.len())).context(what)

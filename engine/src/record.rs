@@ -17,6 +17,8 @@
 //! Decoding never panics and never allocates more than the bytes it was given: a frame is
 //! only trusted once its CRC matches.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use crate::entry::{Entry, EntryId, EntryKind};
@@ -238,15 +240,45 @@ pub fn decode_as(
     value_len_max: u32,
     format: Format,
 ) -> Result<(Entry, usize), FrameError> {
+    let frame = decode_in_place(buf, at, value_len_max, format)?;
+    Ok((frame.to_entry(), frame.header.frame_len()))
+}
+
+/// Decodes and verifies the frame of `format` at byte `at` of `buf` without taking its
+/// payload out: reads of many frames lend them one by one.
+pub(crate) fn decode_in_place(
+    buf: &Bytes,
+    at: usize,
+    value_len_max: u32,
+    format: Format,
+) -> Result<FrameRef<'_>, FrameError> {
     let header = decode_header_as(&buf[at..], value_len_max, format)?;
-    let len = header.frame_len();
-    let entry = Entry {
-        id: header.id,
-        kind: header.kind,
-        timestamp_ms: header.timestamp_ms,
-        payload: buf.slice(at + usize::from(header.header_len)..at + len),
-    };
-    Ok((entry, len))
+    let payload = at + usize::from(header.header_len)..at + header.frame_len();
+    Ok(FrameRef { header, buf, payload })
+}
+
+/// A frame decoded in place: its header, and where its payload lies in the buffer it was
+/// read into (borrowed: no copy and no reference count until an owned entry is wanted).
+pub(crate) struct FrameRef<'a> {
+    pub(crate) header: FrameHeader,
+    buf: &'a Bytes,
+    payload: Range<usize>,
+}
+
+impl<'a> FrameRef<'a> {
+    pub(crate) fn payload(&self) -> &'a [u8] {
+        &self.buf[self.payload.clone()]
+    }
+
+    /// The payload as an owned slice of the buffer.
+    pub(crate) fn payload_bytes(&self) -> Bytes {
+        self.buf.slice(self.payload.clone())
+    }
+
+    pub(crate) fn to_entry(&self) -> Entry {
+        let FrameHeader { id, kind, timestamp_ms, .. } = self.header;
+        Entry { id, kind, timestamp_ms, payload: self.payload_bytes() }
+    }
 }
 
 #[cfg(test)]

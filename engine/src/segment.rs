@@ -6,49 +6,21 @@
 //! readers still holding it keep reading through their open handles.
 
 use std::{
-    ops::Range,
     path::{Path, PathBuf},
     sync::Arc,
 };
-
-use bytes::Bytes;
 
 use crate::{
     entry::Entry,
     error::{Error, Result},
     index::Index,
     io::Disk,
-    record::{self, FrameHeader},
+    record::{self, FrameRef},
     store::{Position, Store},
 };
 
 pub(crate) const STORE_EXT: &str = "store";
 pub(crate) const INDEX_EXT: &str = "index";
-
-/// A frame decoded in place by [`Segment::read_entries_into`]: its header, and where its
-/// payload lies in the read's buffer (borrowed: no copy and no reference count until an
-/// owned entry is wanted).
-pub(crate) struct FrameRef<'a> {
-    pub(crate) header: FrameHeader,
-    buf: &'a Bytes,
-    payload: Range<usize>,
-}
-
-impl<'a> FrameRef<'a> {
-    pub(crate) fn payload(&self) -> &'a [u8] {
-        &self.buf[self.payload.clone()]
-    }
-
-    /// The payload as an owned slice of the read's buffer.
-    pub(crate) fn payload_bytes(&self) -> Bytes {
-        self.buf.slice(self.payload.clone())
-    }
-
-    pub(crate) fn to_entry(&self) -> Entry {
-        let FrameHeader { id, kind, timestamp_ms, .. } = self.header;
-        Entry { id, kind, timestamp_ms, payload: self.payload_bytes() }
-    }
-}
 
 /// The path of a segment file.
 pub(crate) fn file_path(dir: &Path, base_offset: u64, ext: &str) -> PathBuf {
@@ -173,21 +145,20 @@ impl Segment {
             let expected = index + u64::from(i);
             let position = start + at as u64;
             let value_len_max = (bytes.len() - at).saturating_sub(format.header_len()) as u32;
-            let header = record::decode_header_as(&bytes[at..], value_len_max, format)
+            let frame = record::decode_in_place(&bytes, at, value_len_max, format)
                 .map_err(|e| Error::corrupt(self.store.path(), position, e))?;
-            if header.id.index != expected {
+            if frame.header.id.index != expected {
                 return Err(Error::corrupt(
                     self.store.path(),
                     position,
                     format!(
                         "frame holds index {} where the index file puts index {expected}",
-                        header.id.index
+                        frame.header.id.index
                     ),
                 ));
             }
-            let len = header.frame_len();
-            each(FrameRef { header, buf: &bytes, payload: at + usize::from(header.header_len)..at + len });
-            at += len;
+            at += frame.header.frame_len();
+            each(frame);
         }
         Ok(count)
     }

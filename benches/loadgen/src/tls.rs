@@ -39,17 +39,13 @@ pub fn enable(ringlog: &Path, dir: &Path) -> anyhow::Result<Vec<String>> {
     ])
 }
 
-/// Whether `enable` ran.
-pub fn enabled() -> bool {
-    CLIENT_TLS.get().is_some()
-}
-
 /// An endpoint for `addr` (`HOST:PORT`, or a URL), with TLS once `enable` ran.
 pub fn endpoint(addr: &str) -> anyhow::Result<Endpoint> {
-    let scheme = if enabled() { "https" } else { "http" };
+    let tls = CLIENT_TLS.get();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let url = if addr.contains("://") { addr.to_owned() } else { format!("{scheme}://{addr}") };
     let endpoint = Endpoint::from_shared(url).with_context(|| format!("`{addr}` is not a server address"))?;
-    match CLIENT_TLS.get() {
+    match tls {
         Some(tls) => endpoint.tls_config(tls.clone()).context("client TLS"),
         None => Ok(endpoint),
     }

@@ -230,8 +230,8 @@ pub(crate) struct Appender {
     stopped: bool,
     syncer: Option<(mpsc::Sender<SyncJob>, thread::JoinHandle<()>)>,
     unsynced_bytes: u64,
-    /// Where the next writeback starts: a segment's base index and a byte of its store.
-    writeback_from: (u64, u64),
+    /// The byte of the active store where the next writeback starts.
+    writeback_from: u64,
 }
 
 /// Writeback starts and ends on multiples of this, so that it never covers the page the
@@ -408,7 +408,7 @@ impl Appender {
             stopped: false,
             syncer,
             unsynced_bytes: 0,
-            writeback_from: (0, 0),
+            writeback_from: 0,
         };
         appender.restart_writeback();
         let (tx, rx) = mpsc::channel();
@@ -618,11 +618,11 @@ impl Appender {
         Ok(())
     }
 
-    /// Where the next writeback starts: at the active store's end (at open, and after a
-    /// suffix truncation or an install, whose bytes written from there on are new).
+    /// Where the next writeback starts: at the active store's end, whenever the active
+    /// segment or its end changes other than by an append (open, roll, suffix truncation,
+    /// install, purge).
     fn restart_writeback(&mut self) {
-        let active = self.shared.active();
-        self.writeback_from = (active.base(), active.size() / WRITEBACK_ALIGN * WRITEBACK_ALIGN);
+        self.writeback_from = self.shared.active().size() / WRITEBACK_ALIGN * WRITEBACK_ALIGN;
     }
 
     /// Starts the writeback of the store's newly written bytes once `writeback_bytes` of
@@ -634,12 +634,7 @@ impl Appender {
         if every == 0 || self.shared.config.durability == Durability::Always {
             return;
         }
-        let end = segment.size() / WRITEBACK_ALIGN * WRITEBACK_ALIGN;
-        let from = match self.writeback_from {
-            (base, from) if base == segment.base() => from,
-            _ => 0,
-        };
-        self.writeback_from = (segment.base(), from);
+        let (from, end) = (self.writeback_from, segment.size() / WRITEBACK_ALIGN * WRITEBACK_ALIGN);
         if end.saturating_sub(from) < every {
             return;
         }
@@ -657,7 +652,7 @@ impl Appender {
             // The thread could not start: the appender starts the writeback itself.
             None => start_writeback(&self.shared, file.as_ref(), &path, from, end),
         }
-        self.writeback_from = (segment.base(), end);
+        self.writeback_from = end;
     }
 
     /// Turns a failed write into the error callers see: a full disk is cut back and
@@ -724,6 +719,7 @@ impl Appender {
             return Err(self.poison(error));
         }
         self.shared.segments.write().unwrap_or_else(|p| p.into_inner()).push(Arc::clone(&next));
+        self.restart_writeback();
         Ok(next)
     }
 

@@ -132,14 +132,17 @@ pub(super) fn spawn_syncer(
 /// starts the writeback of what it wrote. With `Interval`, a sync is due `interval_ms` after
 /// the last one, whatever other jobs (writebacks) arrive meanwhile.
 fn run_syncer(shared: &Shared, jobs: &Receiver<SyncJob>, durability: Durability) {
-    let interval = match durability {
-        Durability::Interval { interval_ms, .. } => Some(Duration::from_millis(interval_ms)),
+    // With `Interval`: the interval, and when the next sync is due.
+    let mut timer = match durability {
+        Durability::Interval { interval_ms, .. } => {
+            let interval = Duration::from_millis(interval_ms);
+            Some((interval, Instant::now() + interval))
+        }
         _ => None,
     };
-    let mut sync_due = interval.map(|interval| Instant::now() + interval);
     loop {
-        let first = match sync_due {
-            Some(due) => match jobs.recv_timeout(due.saturating_duration_since(Instant::now())) {
+        let first = match timer {
+            Some((_, due)) => match jobs.recv_timeout(due.saturating_duration_since(Instant::now())) {
                 Ok(job) => Some(job),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -151,29 +154,27 @@ fn run_syncer(shared: &Shared, jobs: &Receiver<SyncJob>, durability: Durability)
         };
         let mut batch: Vec<SyncJob> = first.into_iter().collect();
         batch.extend(jobs.try_iter());
-        let syncs = batch.iter().any(|job| matches!(job, SyncJob::Sync { .. }));
-        if let (Some(interval), Some(due)) = (interval, sync_due) {
+        if let Some((interval, due)) = &mut timer {
             let now = Instant::now();
-            if syncs || now >= due {
-                sync_due = Some(now + interval);
+            let syncs = batch.iter().any(|job| matches!(job, SyncJob::Sync { .. }));
+            let passed = now >= *due;
+            if syncs || passed {
+                *due = now + *interval;
             }
             // The interval passed: sync the active segment if anything is unsynced. The
             // next index is read before the segment, so the segment holds every entry
             // below it that an earlier roll did not already sync.
-            let next = shared.next_index.load(Ordering::Acquire);
-            if !syncs
-                && now >= due
-                && shared.durable_index.load(Ordering::Acquire) < next
-                && shared.poison.get().is_none()
-            {
-                let segment = shared.active();
-                let path = segment.store.path().into();
-                batch.push(SyncJob::Sync {
-                    file: Arc::clone(segment.store.file()),
-                    path,
-                    upto: next,
-                    waiters: Vec::new(),
-                });
+            if passed && !syncs {
+                let next = shared.next_index.load(Ordering::Acquire);
+                if shared.durable_index.load(Ordering::Acquire) < next && shared.poison.get().is_none() {
+                    let segment = shared.active();
+                    batch.push(SyncJob::Sync {
+                        file: Arc::clone(segment.store.file()),
+                        path: segment.store.path().into(),
+                        upto: next,
+                        waiters: Vec::new(),
+                    });
+                }
             }
         }
         if !batch.is_empty() {
@@ -202,12 +203,11 @@ fn sync_batch(shared: &Shared, batch: Vec<SyncJob>) {
             SyncJob::Drained(reply) => drained.push(reply),
         }
     }
+    // A file synced below does not need it.
     for (file, path, from, to) in writebacks {
-        // A file synced below does not need it, nor does a poisoned log.
-        if shared.poison.get().is_some() || files.iter().any(|(synced, ..)| Arc::ptr_eq(synced, &file)) {
-            continue;
+        if !files.iter().any(|(synced, ..)| Arc::ptr_eq(synced, &file)) {
+            start_writeback(shared, file.as_ref(), &path, from, to);
         }
-        start_writeback(shared, file.as_ref(), &path, from, to);
     }
     let mut result = Ok(());
     for (file, path, upto) in &files {

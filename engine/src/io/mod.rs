@@ -110,9 +110,8 @@ pub(crate) trait DiskFile: Send + Sync {
     /// reports later is reported by the next `fdatasync` on this file (Linux records it for
     /// every open file, and only the waiting flags of `sync_file_range` would consume it);
     /// an error returned here may mean pages were dropped, which the caller must treat as a
-    /// failed sync.
-    /// The simulated disk only records it: in its model any unsynced page may or may not
-    /// have reached the disk already.
+    /// failed sync. The simulated disk records it and changes no data (in its model any
+    /// unsynced page may or may not have reached the disk already) unless a fault fails it.
     fn start_writeback(&self, from: u64, to: u64) -> io::Result<()> {
         if to <= from {
             // A length of 0 would mean "to the end of the file".
@@ -121,7 +120,7 @@ pub(crate) trait DiskFile: Send + Sync {
         #[cfg(target_os = "linux")]
         if let Some(file) = self.std_file() {
             use std::os::fd::AsRawFd;
-            let (from, len) = (from as libc::off64_t, to.saturating_sub(from) as libc::off64_t);
+            let (from, len) = (from as libc::off64_t, (to - from) as libc::off64_t);
             // SAFETY: sync_file_range reads no memory of ours: it takes a descriptor, which
             // stays open while `file` is borrowed, and three integers. (No maintained crate
             // wraps it: rustix and nix do not.)

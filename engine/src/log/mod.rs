@@ -43,9 +43,8 @@ use crate::{
     error::{Error, IoContext, Result},
     index,
     io::{Disk, pwrite::PwriteDisk},
-    record::{self, Record, RecordRef},
+    record::{self, FrameRef, Record, RecordRef},
     recovery::{self, RecoveryReport},
-    segment::FrameRef,
     store,
 };
 

@@ -22,7 +22,8 @@ use crate::{
     io::{DirLock, Disk},
     meta::MetaFile,
     offsets::OffsetMap,
-    segment::{self, FrameRef, Segment, SegmentList},
+    record::FrameRef,
+    segment::{self, Segment, SegmentList},
 };
 
 /// State shared by the handle, the appender and the syncer.
