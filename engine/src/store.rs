@@ -4,6 +4,7 @@
 //! holds complete frames that readers may read; bytes past it are in flight or a torn tail.
 
 use std::{
+    ops::Range,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -42,11 +43,23 @@ impl Position {
     }
 }
 
+/// Writeback starts and ends on multiples of this, so that it never covers the page the
+/// appender writes next (a page under writeback can make a write to it wait, on devices
+/// that need stable pages); 64 KiB is a whole number of 4, 16 and 64 KiB pages.
+const WRITEBACK_ALIGN: u64 = 64 << 10;
+
+fn whole_blocks(bytes: u64) -> u64 {
+    bytes / WRITEBACK_ALIGN * WRITEBACK_ALIGN
+}
+
 pub(crate) struct Store {
     path: PathBuf,
     file: Arc<dyn DiskFile>,
     format: Format,
     size: AtomicU64,
+    /// Where the next writeback starts (`Config::writeback_bytes`): bytes below it were
+    /// there when the store opened, or their writeback has started.
+    written_back: AtomicU64,
 }
 
 impl Store {
@@ -57,7 +70,13 @@ impl Store {
         let (_, written) = file.write_all_at(header::encode(FileKind::Store, base_index).to_vec(), 0);
         written.context(what)?;
         let size = AtomicU64::new(HEADER_LEN as u64);
-        Ok(Store { path: path.to_path_buf(), file, format: Format::V2, size })
+        Ok(Store {
+            path: path.to_path_buf(),
+            file,
+            format: Format::V2,
+            size,
+            written_back: AtomicU64::new(0),
+        })
     }
 
     /// Opens an existing store after checking its header; `size` is the file's length
@@ -68,7 +87,8 @@ impl Store {
         file.read_exact_at(&mut head, 0).context(|| format!("reading store header {}", path.display()))?;
         let format = header::validate(&head, FileKind::Store, base_index)
             .map_err(|reason| Error::corrupt(path, 0, reason))?;
-        Ok(Store { path: path.to_path_buf(), file, format, size: AtomicU64::new(len) })
+        let (size, written_back) = (AtomicU64::new(len), AtomicU64::new(whole_blocks(len)));
+        Ok(Store { path: path.to_path_buf(), file, format, size, written_back })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -110,6 +130,19 @@ impl Store {
         self.file.set_len(len).context(what)?;
         self.file.sync_data().context(what)?;
         self.set_size(len);
+        // What is written from the cut on is new.
+        self.written_back.fetch_min(whole_blocks(len), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Claims the next writeback: the whole blocks published since the last one, once they
+    /// are at least `every` bytes. Only the appender calls this.
+    pub(crate) fn next_writeback(&self, every: u64) -> Option<Range<u64>> {
+        let (from, end) = (self.written_back.load(Ordering::Relaxed), whole_blocks(self.size()));
+        if end.saturating_sub(from) < every {
+            return None;
+        }
+        self.written_back.store(end, Ordering::Relaxed);
+        Some(from..end)
     }
 }

@@ -95,7 +95,6 @@ impl Appender {
             Ok(())
         })();
         self.next = keep_to;
-        self.restart_writeback();
         self.shared.offsets.write().unwrap_or_else(|p| p.into_inner()).truncate_from(keep_to);
         self.last_term = self.shared.last_term_before(keep_to);
         self.shared.appended.notify(usize::MAX);
@@ -171,7 +170,6 @@ impl Appender {
             shared.dir_unsynced.store(true, Ordering::SeqCst);
         }
         self.next = next;
-        self.restart_writeback();
         self.last_term = recovered.last_term;
         shared.appended.notify(usize::MAX);
         tracing::info!(dir = %dir.display(), first_index = recovered.first_index, next_index = next, "installed segments");
@@ -220,7 +218,6 @@ impl Appender {
             Ok(())
         })();
         self.next = new_first;
-        self.restart_writeback();
         self.last_term = upto.term;
         self.shared.appended.notify(usize::MAX);
         result.map_err(|error| self.poison(error))

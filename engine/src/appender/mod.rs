@@ -230,14 +230,7 @@ pub(crate) struct Appender {
     stopped: bool,
     syncer: Option<(mpsc::Sender<SyncJob>, thread::JoinHandle<()>)>,
     unsynced_bytes: u64,
-    /// The byte of the active store where the next writeback starts.
-    writeback_from: u64,
 }
-
-/// Writeback starts and ends on multiples of this, so that it never covers the page the
-/// appender writes next (a page under writeback can make a write to it wait, on devices
-/// that need stable pages); 64 KiB is a whole number of 4, 16 and 64 KiB pages.
-const WRITEBACK_ALIGN: u64 = 64 << 10;
 
 /// The longest the appender, out of work, waits actively for the next request before it
 /// blocks. Parking and being woken costs tens of microseconds on a virtual machine (an idle
@@ -398,7 +391,7 @@ impl Appender {
             _ => Some(spawn_syncer(&shared)?),
         };
         let next = shared.next_index.load(Ordering::Acquire);
-        let mut appender = Appender {
+        let appender = Appender {
             shared: Arc::clone(&shared),
             next,
             last_term,
@@ -408,9 +401,7 @@ impl Appender {
             stopped: false,
             syncer,
             unsynced_bytes: 0,
-            writeback_from: 0,
         };
-        appender.restart_writeback();
         let (tx, rx) = mpsc::channel();
         Ok(AppenderLink {
             shared,
@@ -618,13 +609,6 @@ impl Appender {
         Ok(())
     }
 
-    /// Where the next writeback starts: at the active store's end, whenever the active
-    /// segment or its end changes other than by an append (open, roll, suffix truncation,
-    /// install, purge).
-    fn restart_writeback(&mut self) {
-        self.writeback_from = self.shared.active().size() / WRITEBACK_ALIGN * WRITEBACK_ALIGN;
-    }
-
     /// Starts the writeback of the store's newly written bytes once `writeback_bytes` of
     /// them have piled up (see `Config::writeback_bytes`), on the syncer's thread so that
     /// appends never wait for it: the kernel allocates blocks and builds the IO in the
@@ -634,10 +618,7 @@ impl Appender {
         if every == 0 || self.shared.config.durability == Durability::Always {
             return;
         }
-        let (from, end) = (self.writeback_from, segment.size() / WRITEBACK_ALIGN * WRITEBACK_ALIGN);
-        if end.saturating_sub(from) < every {
-            return;
-        }
+        let Some(range) = segment.store.next_writeback(every) else { return };
         let (file, path) = (Arc::clone(segment.store.file()), segment.store.path().into());
         // With `None` the syncer's thread starts with the first writeback.
         if self.syncer.is_none()
@@ -647,12 +628,11 @@ impl Appender {
         }
         match &self.syncer {
             Some((jobs, _)) => {
-                let _ = jobs.send(SyncJob::Writeback { file, path, from, to: end });
+                let _ = jobs.send(SyncJob::Writeback { file, path, range });
             }
             // The thread could not start: the appender starts the writeback itself.
-            None => start_writeback(&self.shared, file.as_ref(), &path, from, end),
+            None => start_writeback(&self.shared, file.as_ref(), &path, range),
         }
-        self.writeback_from = end;
     }
 
     /// Turns a failed write into the error callers see: a full disk is cut back and
@@ -719,7 +699,6 @@ impl Appender {
             return Err(self.poison(error));
         }
         self.shared.segments.write().unwrap_or_else(|p| p.into_inner()).push(Arc::clone(&next));
-        self.restart_writeback();
         Ok(next)
     }
 

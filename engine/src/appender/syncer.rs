@@ -6,6 +6,7 @@
 //! its message.
 
 use std::{
+    ops::Range,
     panic::{AssertUnwindSafe, catch_unwind},
     path::Path,
     sync::{
@@ -88,17 +89,17 @@ pub(crate) fn sync_file(shared: &Shared, file: &dyn DiskFile, path: &Path, upto:
     }
 }
 
-/// Starts writing `[from, to)` of `file` to the disk ([`DiskFile::start_writeback`]),
+/// Starts writing `range` of `file` to the disk ([`DiskFile::start_writeback`]),
 /// ordered with the syncs. A failure poisons the log as a failed sync does: the kernel may
 /// have dropped the pages it could not write, and a later `fdatasync` would then succeed
 /// without them.
-pub(super) fn start_writeback(shared: &Shared, file: &dyn DiskFile, path: &Path, from: u64, to: u64) {
+pub(super) fn start_writeback(shared: &Shared, file: &dyn DiskFile, path: &Path, range: Range<u64>) {
     let _one_at_a_time = shared.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
     if shared.poison.get().is_some() {
         return;
     }
-    if let Err(source) = file.start_writeback(from, to) {
-        let what = format!("starting the writeback of bytes {from}..{to} of {} failed", path.display());
+    if let Err(source) = file.start_writeback(range.start, range.end) {
+        let what = format!("starting the writeback of bytes {range:?} of {} failed", path.display());
         let error = Error::io(what, source);
         error!(%error, "poisoning the log");
         shared.set_poison(&error);
@@ -109,9 +110,9 @@ pub(super) fn start_writeback(shared: &Shared, file: &dyn DiskFile, path: &Path,
 pub(super) enum SyncJob {
     /// Sync `file` so that indexes below `upto` are durable, then complete `waiters`.
     Sync { file: Arc<dyn DiskFile>, path: Arc<Path>, upto: u64, waiters: Vec<Ack> },
-    /// Start writing `[from, to)` of `file` to the disk, without waiting (see
+    /// Start writing `range` of `file` to the disk, without waiting (see
     /// `Config::writeback_bytes`).
-    Writeback { file: Arc<dyn DiskFile>, path: Arc<Path>, from: u64, to: u64 },
+    Writeback { file: Arc<dyn DiskFile>, path: Arc<Path>, range: Range<u64> },
     /// Answered once every job sent before it is done.
     Drained(oneshot::Sender<()>),
 }
@@ -192,7 +193,7 @@ fn sync_batch(shared: &Shared, batch: Vec<SyncJob>) {
     let mut drained = Vec::new();
     for job in batch {
         match job {
-            SyncJob::Writeback { file, path, from, to } => writebacks.push((file, path, from, to)),
+            SyncJob::Writeback { file, path, range } => writebacks.push((file, path, range)),
             SyncJob::Sync { file, path, upto, waiters: acks } => {
                 waiters.extend(acks);
                 match files.iter_mut().find(|(known, ..)| Arc::ptr_eq(known, &file)) {
@@ -204,9 +205,9 @@ fn sync_batch(shared: &Shared, batch: Vec<SyncJob>) {
         }
     }
     // A file synced below does not need it.
-    for (file, path, from, to) in writebacks {
+    for (file, path, range) in writebacks {
         if !files.iter().any(|(synced, ..)| Arc::ptr_eq(synced, &file)) {
-            start_writeback(shared, file.as_ref(), &path, from, to);
+            start_writeback(shared, file.as_ref(), &path, range);
         }
     }
     let mut result = Ok(());
